@@ -1,0 +1,3 @@
+from medmllm.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""The ``medmllm`` command: one Typer sub-app per stage of the data flow.
+
+Heavy imports (torch, transformers, nibabel ...) happen inside the commands that need them,
+so ``medmllm --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from medmllm.cli.demo import demo
+from medmllm.cli.scan import app as scan_app
+from medmllm.errors import MedMLLMError
+
+app = typer.Typer(
+    name="medmllm",
+    help="Build, train, evaluate and serve medical multimodal LLMs on X-rays, CT/MRI and clinical text.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(scan_app, name="scan")
+app.command("demo")(demo)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 1, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except MedMLLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,53 @@
+"""Shared fixtures: real scans from ../shared and from pydicom / pydicom-data / nibabel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SCANS = REPO.parent / "shared" / "data" / "scans"
+
+
+def shared_scan(name: str) -> Path:
+    path = SHARED_SCANS / name
+    if not path.exists():
+        pytest.skip(f"{path} not found: the real test scans live in ../shared/data/scans beside the repository")
+    return path
+
+
+def dicom_test_file(name: str) -> Path:
+    """A file from pydicom's or pydicom-data's test files, without touching the network."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} not installed (pip install pydicom-data)")
+    return Path(path)
+
+
+def nibabel_test_file(name: str) -> Path:
+    import nibabel
+
+    path = Path(nibabel.__file__).parent / "tests" / "data" / name
+    if not path.exists():
+        pytest.skip(f"nibabel test file {name} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def head_ct_path() -> Path:
+    return shared_scan("head_ct.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def brain_mri_path() -> Path:
+    return shared_scan("brain_t1_mri.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def head_ct(head_ct_path):
+    from medmllm.scans import read
+
+    return read(head_ct_path)
