@@ -65,3 +65,22 @@ def test_help_is_fast_and_lists_the_scan_app():
     code = "import sys; sys.argv=['medmllm','--help']\ntry:\n from medmllm.cli import main; main()\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'nibabel' in sys.modules, 'pydicom' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip().splitlines()[-1]
     assert out == "False False False"
+
+
+def test_deid_command_writes_de_identified_series_that_reads_back(tmp_path):
+    vol = np.random.default_rng(1).integers(-1000, 1000, (3, 8, 8)).astype(np.float32)
+    write_dicom_series(vol, (2.0, 0.5, 0.5), tmp_path / "DOE_JANE", patient_name="DOE^JANE", patient_id="MRN-123456")
+    out = tmp_path / "clean"
+    proc = run("scan", "deid", tmp_path / "DOE_JANE", out, "--salt", "k")
+    assert "3 files written" in proc.stdout
+    files = [p for p in out.rglob("*.dcm")]
+    assert len(files) == 3
+    for f in files:
+        raw = f.read_bytes()
+        assert b"DOE" not in raw and b"MRN-123456" not in raw and "DOE" not in str(f)
+    series_dir = files[0].parent
+    from medmllm.scans import read
+
+    np.testing.assert_array_equal(read(series_dir).voxels, vol)
+    bad = run("scan", "deid", tmp_path / "DOE_JANE", tmp_path / "DOE_JANE" / "inside", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

@@ -143,4 +143,4 @@ def deid(
     if dates not in ("shift", "remove"):
         raise MedMLLMError(f"--dates must be 'shift' or 'remove', got {dates!r}")
     summary = deidentify(src, dst, salt=salt, dates=dates)
-    typer.echo(f"de-identified {summary.files_written} file(s) into {dst}" + (f"; skipped {summary.files_skipped}" if summary.files_skipped else ""))
+    typer.echo(f"{dst}: {summary}")
