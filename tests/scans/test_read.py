@@ -279,3 +279,12 @@ def test_nifti_round_trip_through_write_nifti(tmp_path, head_ct):
     np.testing.assert_array_equal(back.voxels, head_ct.voxels)
     assert back.spacing == pytest.approx(head_ct.spacing)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_gzip_nifti_reads_the_same_without_isal(monkeypatch, head_ct_path, head_ct):
+    """ISA-L is a speed-up only: with it missing, zlib gives identical voxels."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "isal.igzip", None)
+    monkeypatch.setitem(sys.modules, "isal", None)
+    np.testing.assert_array_equal(read(head_ct_path).voxels, head_ct.voxels)

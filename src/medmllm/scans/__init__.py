@@ -13,6 +13,8 @@ __all__ = ["Scan", "ScanError", "CANONICAL_ORIENTATION"]
 
 from medmllm.scans.dicom import SeriesInfo, SeriesSelector, list_series  # noqa: E402
 from medmllm.scans.deid import deidentify  # noqa: E402
+from medmllm.scans.prepare import RECIPES, Recipe, get_recipe, prepare, stack_series  # noqa: E402
 from medmllm.scans.read import read  # noqa: E402
 
 __all__ += ["read", "list_series", "SeriesInfo", "SeriesSelector", "deidentify"]
+__all__ += ["prepare", "stack_series", "Recipe", "RECIPES", "get_recipe"]
