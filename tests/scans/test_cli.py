@@ -84,3 +84,24 @@ def test_deid_command_writes_de_identified_series_that_reads_back(tmp_path):
     np.testing.assert_array_equal(read(series_dir).voxels, vol)
     bad = run("scan", "deid", tmp_path / "DOE_JANE", tmp_path / "DOE_JANE" / "inside", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_prepare_command_writes_a_model_ready_nifti(tmp_path, head_ct_path):
+    from medmllm.scans import read
+
+    out = tmp_path / "ct_radfm.nii.gz"
+    proc = run("scan", "prepare", head_ct_path, "-o", out, "--recipe", "radfm-3d")
+    assert "shape [64, 256, 256]" in proc.stdout
+    back = read(out)
+    assert back.shape == (64, 256, 256)
+    assert 0.0 <= back.voxels.min() and back.voxels.max() <= 1.0
+    bad = run("scan", "prepare", head_ct_path, "-o", tmp_path / "x.nii.gz", "--recipe", "radfm-4d", check=False)
+    assert bad.returncode == 1 and "unknown recipe 'radfm-4d'" in bad.stderr and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, head_ct_path):
+    out = tmp_path / "demo"
+    proc = run("demo", "-o", out, "--scans", head_ct_path.parent)
+    assert "pixels unchanged: True" in proc.stdout and "max |HU difference| = 0" in proc.stdout
+    for name in ("head_ct_brain_window.png", "brain_t1_mri.png", "head_ct_p2med-ct.nii.gz", "head_ct_radfm-3d.nii.gz"):
+        assert (out / name).stat().st_size > 1000

@@ -8,6 +8,7 @@ read it back. Later issues extend this to training, evaluation and serving.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -45,26 +46,46 @@ def demo(
         console.print(f"{name:<13} {scan.modality} shape [D,H,W]={list(scan.shape)} spacing [z,y,x]={[round(s, 3) for s in scan.spacing]} mm "
                       f"orientation={scan.orientation} range=[{lo:g}, {hi:g}] {scan.unit}")
 
+    xray_path = _chest_radiograph()
+    if xray_path is not None:
+        xray = read(xray_path)
+        console.print(f"chest CR      {xray.modality} shape [D,H,W]={list(xray.shape)} (pydicom-data RG1_UNCR.dcm, MONOCHROME1 inverted)")
+
     console.rule("2. previews")
     for name, scan, window in (("head_ct_brain_window", ct, "brain"), ("head_ct_bone_window", ct, "bone"), ("brain_t1_mri", mr, None)):
         path = save_preview(scan, out / f"{name}.png", window=window)
         console.print(f"wrote {path}")
+    if xray_path is not None:
+        console.print(f"wrote {save_preview(xray, out / 'chest_cr.png')}")
 
     console.rule("3. prepare with the papers' recipes")
     for recipe in ("p2med-ct", "radfm-3d"):
         prepared = prepare(ct, recipe)
         path = write_nifti(prepared, out / f"head_ct_{recipe}.nii.gz")
-        console.print(f"{recipe:<9} -> {list(prepared.shape)} in [{prepared.voxels.min():.2f}, {prepared.voxels.max():.2f}]  wrote {path}")
+        console.print(f"{recipe:<10} -> {list(prepared.shape)} in [{prepared.voxels.min():.2f}, {prepared.voxels.max():.2f}]  wrote {path}")
+    if xray_path is not None:
+        prepared = prepare(xray, "p2med-xray")
+        path = write_nifti(prepared, out / "chest_cr_p2med-xray.nii.gz")
+        console.print(f"p2med-xray -> {list(prepared.shape)} in [{prepared.voxels.min():.2f}, {prepared.voxels.max():.2f}]  wrote {path}")
 
     console.rule("4. DICOM round trip: series with shuffled file names -> read -> de-identify -> read")
     names = [f"IM{n:05d}" for n in random.Random(0).sample(range(10000), ct.shape[0])]
-    dicom_dir = out / "head_ct_dicom"
+    dicom_dir, deid_dir = out / "head_ct_dicom", out / "head_ct_dicom_deid"
+    for folder in (dicom_dir, deid_dir):  # new UIDs each run: start clean so each holds one series
+        shutil.rmtree(folder, ignore_errors=True)
     write_dicom_series(ct.voxels, ct.spacing, dicom_dir, series_description="Head 1.5 mm", file_names=[n + ".dcm" for n in names],
                        patient_name="DEMO^PATIENT", patient_id="DEMO-0001")
     back = read(dicom_dir)
     console.print(f"read {len(names)} shuffled files: shape {list(back.shape)}, max |HU difference| = {np.abs(back.voxels - ct.voxels).max():g}")
-    deid_dir = out / "head_ct_dicom_deid"
     summary = deidentify(dicom_dir, deid_dir, salt="medmllm-demo")
     again = read(deid_dir)
     console.print(f"de-identified {summary.files_written} files; pixels unchanged: {bool(np.array_equal(again.voxels, back.voxels))}")
     console.rule(f"done in {time.perf_counter() - started:.1f} s; outputs in {out}/")
+
+
+def _chest_radiograph() -> Path | None:
+    """pydicom-data's chest CR (MONOCHROME1), when that package is installed; never downloads."""
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file("RG1_UNCR.dcm", download=False)
+    return Path(found) if found else None
