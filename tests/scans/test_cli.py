@@ -94,7 +94,7 @@ def test_prepare_command_writes_a_model_ready_nifti(tmp_path, head_ct_path):
     assert "shape [64, 256, 256]" in proc.stdout
     back = read(out)
     assert back.shape == (64, 256, 256)
-    assert 0.0 <= back.voxels.min() and back.voxels.max() <= 1.0
+    assert back.voxels.min() >= 0.0 and back.voxels.max() <= 1.0
     bad = run("scan", "prepare", head_ct_path, "-o", tmp_path / "x.nii.gz", "--recipe", "radfm-4d", check=False)
     assert bad.returncode == 1 and "unknown recipe 'radfm-4d'" in bad.stderr and not (tmp_path / "x.nii.gz").exists()
 

@@ -145,7 +145,7 @@ def test_named_recipe_shapes_on_a_volume(name, expected):
     out = prepare(volume(), name)
     assert out.shape == expected
     assert out.voxels.dtype == np.float32
-    assert 0.0 <= out.voxels.min() and out.voxels.max() <= 1.0
+    assert out.voxels.min() >= 0.0 and out.voxels.max() <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,8 @@ def prepare(
 ) -> None:
     """Apply a named preparation recipe and write the model-ready volume as NIfTI."""
     from medmllm.errors import MedMLLMError
-    from medmllm.scans.prepare import get_recipe, prepare as prepare_scan
+    from medmllm.scans.prepare import get_recipe
+    from medmllm.scans.prepare import prepare as prepare_scan
     from medmllm.scans.write import write_nifti
 
     if not out.name.endswith((".nii", ".nii.gz")):

@@ -11,8 +11,8 @@ from medmllm.scans.scan import CANONICAL_ORIENTATION, Scan
 
 __all__ = ["Scan", "ScanError", "CANONICAL_ORIENTATION"]
 
-from medmllm.scans.dicom import SeriesInfo, SeriesSelector, list_series  # noqa: E402
 from medmllm.scans.deid import deidentify  # noqa: E402
+from medmllm.scans.dicom import SeriesInfo, SeriesSelector, list_series  # noqa: E402
 from medmllm.scans.prepare import RECIPES, Recipe, get_recipe, prepare, stack_series  # noqa: E402
 from medmllm.scans.read import read  # noqa: E402
 

@@ -70,8 +70,6 @@ import itertools
 import os
 import re
 import secrets
-import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -86,6 +84,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from medmllm.errors import ScanError
+from medmllm.scans.dicom import quiet_pydicom
+from medmllm.scans.write import atomic_path
 
 __all__ = ["DeidSummary", "Deidentifier", "deidentify"]
 
@@ -418,8 +418,7 @@ class Deidentifier:
     def deidentify_dataset(self, ds: Dataset) -> Dataset:
         """A de-identified copy of ``ds`` (``ds`` itself is left as it was)."""
         ds = copy.deepcopy(ds)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             self._deidentify_in_place(ds)
         return ds
 
@@ -541,8 +540,7 @@ class Deidentifier:
 
     def _read(self, path: Path) -> tuple[Dataset | None, str | None]:
         """(de-identified dataset, None), or (None, why the file is skipped)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             try:
                 # Like the reader (scans/dicom.py): a .dcm file may lack the Part 10 header.
                 ds = dcmread(path, force=path.suffix.lower() == ".dcm")
@@ -568,19 +566,9 @@ class Deidentifier:
 
     @staticmethod
     def _write(ds: Dataset, dst: Path) -> None:
-        """Write atomically: a temporary file in the same folder, then rename over ``dst``."""
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".deid-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds.save_as(f, enforce_file_format=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write atomically (see `atomic_path`): a crash never leaves a half-written file."""
+        with atomic_path(dst) as tmp, quiet_pydicom():
+            ds.save_as(tmp, enforce_file_format=True)
 
 
 def deidentify(

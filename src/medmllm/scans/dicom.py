@@ -8,8 +8,11 @@ plugins for compressed transfer syntaxes (``pip install medmllm[codecs]``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +34,20 @@ _CONTRAST = re.compile(r"contrast|enhanced|\bC\+|\bCE\b|\bpost\b|arterial|venous
 UNEVEN_TOLERANCE = 0.01
 # A step this many times the median step means slices are missing.
 GAP_FACTOR = 1.5
+
+
+@contextmanager
+def quiet_pydicom():
+    """Silence pydicom's warnings and its logger: their messages can quote values from a file,
+    and no patient identifier may reach a log. Wrap every dcmread / pixel decode / save in it."""
+    logger = logging.getLogger("pydicom")
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -140,7 +157,7 @@ class SeriesSelector:
     index: int | None = None  # position in the listing of `list_series`
 
     @classmethod
-    def parse(cls, text: str) -> "SeriesSelector":
+    def parse(cls, text: str) -> SeriesSelector:
         sel = cls()
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
@@ -180,7 +197,8 @@ class SeriesSelector:
 
 def _read_header(path: Path) -> Dataset | None:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        with quiet_pydicom():
+            return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
         return None
 
@@ -189,7 +207,8 @@ def _dicomdir_files(dicomdir: Path) -> list[Path]:
     from pydicom.fileset import FileSet
 
     try:
-        fs = FileSet(pydicom.dcmread(dicomdir))
+        with quiet_pydicom():
+            fs = FileSet(pydicom.dcmread(dicomdir))
     except Exception as e:  # pydicom raises many types for a broken DICOMDIR
         raise ScanError(dicomdir, f"cannot read DICOMDIR: {e}") from None
     return [Path(instance.path) for instance in fs if Path(instance.path).is_file()]
@@ -203,7 +222,8 @@ def _candidate_files(folder: Path) -> list[Path]:
     for root, _dirs, names in os.walk(folder):
         for name in sorted(names):
             p = Path(root) / name
-            if name != "DICOMDIR" and is_dicom_file(p):
+            # Hidden files are temporaries or macOS "._" shadows, never images of the series.
+            if name != "DICOMDIR" and not name.startswith(".") and is_dicom_file(p):
                 files.append(p)
     return files
 
@@ -314,9 +334,8 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ScanError(path, f"has no pixel data (a DICOM {_sop_name(ds)}, not an image)")
     try:
-        arr = ds.pixel_array
-    except ScanError:
-        raise
+        with quiet_pydicom():
+            arr = ds.pixel_array
     except Exception as e:  # decoders raise many types: missing plugin, truncated data, bad header
         raise ScanError(path, f"cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {_one_line(e)}") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -403,7 +422,8 @@ def read_series(where: Path, files: list[Path], max_bytes: int) -> Scan:
     datasets = []
     for path in files:
         try:
-            datasets.append((path, pydicom.dcmread(path)))
+            with quiet_pydicom():
+                datasets.append((path, pydicom.dcmread(path)))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
             raise ScanError(path, f"not a readable DICOM file: {_one_line(e)}") from None
     first_path, first = datasets[0]
