@@ -434,7 +434,8 @@ def test_failed_write_leaves_no_file_and_keeps_earlier_output(series, tmp_path, 
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def broken_save(self, f, **kwargs):
-        f.write(b"half a file")
+        with open(f, "wb") as fh:  # the writer is handed a temporary path
+            fh.write(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(Dataset, "save_as", broken_save)
