@@ -288,3 +288,21 @@ def test_gzip_nifti_reads_the_same_without_isal(monkeypatch, head_ct_path, head_
     monkeypatch.setitem(sys.modules, "isal.igzip", None)
     monkeypatch.setitem(sys.modules, "isal", None)
     np.testing.assert_array_equal(read(head_ct_path).voxels, head_ct.voxels)
+
+
+def test_pydicom_warnings_that_quote_file_values_never_reach_logs(tmp_path, caplog, recwarn):
+    """pydicom warns (and logs) with the offending value quoted; a reader must not pass that on."""
+    import logging
+
+    write_dicom_series(np.zeros((2, 4, 4), np.float32), (1, 1, 1), tmp_path / "s", patient_name="DOE^JANE")
+    for f in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.826.DOE.JANE"  # not a valid UI: pydicom warns and logs, quoting it
+        ds.save_as(f)
+    recwarn.clear()  # the set-up above warned too; only the reader's own messages count
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    read(tmp_path / "s")
+    list_series(tmp_path / "s")
+    assert not any("DOE" in r.getMessage() for r in caplog.records)
+    assert not any("DOE" in str(w.message) for w in recwarn)

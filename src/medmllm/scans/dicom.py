@@ -39,7 +39,11 @@ GAP_FACTOR = 1.5
 @contextmanager
 def quiet_pydicom():
     """Silence pydicom's warnings and its logger: their messages can quote values from a file,
-    and no patient identifier may reach a log. Wrap every dcmread / pixel decode / save in it."""
+    and no patient identifier may reach a log. pydicom converts values lazily, on first access,
+    so public entry points (`read`, `list_series`, `deidentify`) hold it for their whole run.
+
+    The logger is switched off process-wide while it is held: other threads lose pydicom's
+    messages for that time, which is the price of never logging a value from a file."""
     logger = logging.getLogger("pydicom")
     was_disabled, logger.disabled = logger.disabled, True
     try:
@@ -197,8 +201,7 @@ class SeriesSelector:
 
 def _read_header(path: Path) -> Dataset | None:
     try:
-        with quiet_pydicom():
-            return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
         return None
 
@@ -207,8 +210,7 @@ def _dicomdir_files(dicomdir: Path) -> list[Path]:
     from pydicom.fileset import FileSet
 
     try:
-        with quiet_pydicom():
-            fs = FileSet(pydicom.dcmread(dicomdir))
+        fs = FileSet(pydicom.dcmread(dicomdir))
     except Exception as e:  # pydicom raises many types for a broken DICOMDIR
         raise ScanError(dicomdir, f"cannot read DICOMDIR: {e}") from None
     return [Path(instance.path) for instance in fs if Path(instance.path).is_file()]
@@ -286,7 +288,8 @@ def _slice_thickness(ds: Dataset) -> float | None:
 
 def list_series(folder: str | Path) -> list[SeriesInfo]:
     """The series in a folder (walked recursively, or through its DICOMDIR), headers only."""
-    return scan_folder(Path(folder))[0]
+    with quiet_pydicom():
+        return scan_folder(Path(folder))[0]
 
 
 def read_dicom_folder(folder: Path, selector: SeriesSelector | None, max_bytes: int) -> Scan:
@@ -334,8 +337,7 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ScanError(path, f"has no pixel data (a DICOM {_sop_name(ds)}, not an image)")
     try:
-        with quiet_pydicom():
-            arr = ds.pixel_array
+        arr = ds.pixel_array
     except Exception as e:  # decoders raise many types: missing plugin, truncated data, bad header
         raise ScanError(path, f"cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {_one_line(e)}") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -422,8 +424,7 @@ def read_series(where: Path, files: list[Path], max_bytes: int) -> Scan:
     datasets = []
     for path in files:
         try:
-            with quiet_pydicom():
-                datasets.append((path, pydicom.dcmread(path)))
+            datasets.append((path, pydicom.dcmread(path)))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
             raise ScanError(path, f"not a readable DICOM file: {_one_line(e)}") from None
     first_path, first = datasets[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medmllm.errors import ScanError
-from medmllm.scans.dicom import SeriesSelector, is_dicom_file, read_dicom_folder, read_series
+from medmllm.scans.dicom import SeriesSelector, is_dicom_file, quiet_pydicom, read_dicom_folder, read_series
 from medmllm.scans.orient import to_canonical
 from medmllm.scans.scan import Scan
 
@@ -62,23 +62,24 @@ def read(
     limit = max_bytes if max_bytes is not None else max_bytes_default()
     selector = SeriesSelector.parse(series) if isinstance(series, str) else series
     kind = detect_format(path)
-    try:
-        if kind == "dicom-folder":
-            scan = read_dicom_folder(path, selector, limit)
-        elif kind == "dicomdir":
-            scan = read_dicom_folder(path.parent, selector, limit)
-        elif kind == "dicom":
-            scan = read_series(path, [path], limit)
-        elif kind == "nifti":
-            scan = _read_nifti(path, volume, limit)
-        elif kind == "image":
-            scan = _read_image(path, limit)
-        else:
-            scan = _read_numpy(path, kind, limit)
-    except (ScanError, MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as e:  # a parser choked on malformed input: one line, not a traceback
-        raise ScanError(path, f"cannot read as {kind}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
+    with quiet_pydicom():  # pydicom messages can quote file values: keep them out of logs
+        try:
+            if kind == "dicom-folder":
+                scan = read_dicom_folder(path, selector, limit)
+            elif kind == "dicomdir":
+                scan = read_dicom_folder(path.parent, selector, limit)
+            elif kind == "dicom":
+                scan = read_series(path, [path], limit)
+            elif kind == "nifti":
+                scan = _read_nifti(path, volume, limit)
+            elif kind == "image":
+                scan = _read_image(path, limit)
+            else:
+                scan = _read_numpy(path, kind, limit)
+        except (ScanError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a parser choked on malformed input: one line, not a traceback
+            raise ScanError(path, f"cannot read as {kind}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
     if modality:
         scan.modality = modality.upper()
         scan.unit = "HU" if scan.modality == "CT" else ""
