@@ -1,0 +1,257 @@
+"""MedMLLMForCausalLM with tiny random models of real architectures, loaded the way users load them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from medmllm.errors import MedMLLMError
+from medmllm.model import MedMLLMConfig, MedMLLMForCausalLM, weighted_lm_loss
+from medmllm.model.adapters import add_lora, set_trainable
+
+VOCAB, START, END, PATCH = 120, 117, 118, 119
+LATENTS = 4
+
+TEXT = {
+    "llama": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2": dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(model_type="mistral", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=None),
+}
+VISION = {
+    "vit3d": ("vit3d", dict(patch_size=[4, 8, 8], hidden_size=24, num_layers=1, num_heads=2, max_depth=16, max_size=32), 1),
+    "clip": ("hf2d", dict(max_slices=8, hf_config=dict(model_type="clip_vision_model", hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                                         num_attention_heads=2, image_size=16, patch_size=8)), 3),
+    "siglip": ("hf2d", dict(max_slices=8, hf_config=dict(model_type="siglip_vision_model", hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                                           num_attention_heads=2, image_size=16, patch_size=8)), 3),
+}
+
+
+def tiny(text="llama", vision="vit3d", seed=0, **overrides) -> MedMLLMForCausalLM:
+    torch.manual_seed(seed)
+    settings = dict(TEXT[text])
+    text_config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=VOCAB, **settings)
+    encoder, vision_config, channels = VISION[vision]
+    config = MedMLLMConfig(
+        text_config=text_config, vision_encoder=encoder, vision_config=vision_config, image_channels=channels,
+        num_latents=LATENTS, perceiver_depth=1, perceiver_heads=2, perceiver_head_dim=8,
+        image_start_token_id=START, image_end_token_id=END, image_patch_token_id=PATCH, **overrides,
+    )
+    return MedMLLMForCausalLM(config).eval()
+
+
+def image_group() -> list[int]:
+    return [START] + [PATCH] * LATENTS + [END]
+
+
+def batch(samples, size=16, pad_side="right", channels=1, depths=None):
+    """samples: list of (token list, list of image depths). Pads ids and images; returns model kwargs."""
+    generator = torch.Generator().manual_seed(1)
+    longest = max(len(ids) for ids, _ in samples)
+    n_max = max(1, max(len(d) for _, d in samples))
+    d_max = max([d for _, ds in samples for d in ds] or [1])
+    ids = torch.zeros(len(samples), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    pixels = torch.zeros(len(samples), n_max, channels, d_max, size, size)
+    image_mask = torch.zeros(len(samples), n_max, dtype=torch.bool)
+    sizes = torch.zeros(len(samples), n_max, 3, dtype=torch.long)
+    for b, (tokens, image_depths) in enumerate(samples):
+        span = slice(longest - len(tokens), longest) if pad_side == "left" else slice(0, len(tokens))
+        ids[b, span] = torch.tensor(tokens)
+        mask[b, span] = 1
+        for n, d in enumerate(image_depths):
+            pixels[b, n, :, :d] = torch.randn(channels, d, size, size, generator=generator)
+            image_mask[b, n] = True
+            sizes[b, n] = torch.tensor([d, size, size])
+    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_mask=image_mask, image_sizes=sizes)
+
+
+SAMPLE = [5, 6, *image_group(), 7, 8, 9]
+
+
+@pytest.mark.parametrize("text,vision", [("llama", "vit3d"), ("qwen2", "vit3d"), ("mistral", "vit3d"), ("llama", "clip"), ("qwen2", "siglip")])
+def test_save_and_load_give_identical_logits(tmp_path, text, vision):
+    model = tiny(text, vision)
+    channels = VISION[vision][2]
+    inputs = batch([(SAMPLE, [4])], channels=channels)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # the path a user takes
+    assert isinstance(loaded, MedMLLMForCausalLM)
+    with torch.no_grad():
+        after = loaded(**inputs).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("vision", ["vit3d", "clip"])
+def test_image_content_changes_the_output(vision):
+    model = tiny(vision=vision)
+    channels = VISION[vision][2]
+    a = batch([(SAMPLE, [4])], channels=channels)
+    b = dict(a, pixel_values=a["pixel_values"] * -1.0)
+    with torch.no_grad():
+        la, lb = model(**a).logits, model(**b).logits
+    first_patch = SAMPLE.index(PATCH)
+    torch.testing.assert_close(la[:, :first_patch], lb[:, :first_patch])  # causal: text before the image is unaffected
+    assert (la[:, first_patch:] - lb[:, first_patch:]).abs().max() > 1e-3
+
+
+def test_batched_equals_one_by_one_with_2d_3d_and_text_only():
+    model = tiny()
+    samples = [
+        ([5, *image_group(), 6, *image_group(), 7, 8], [1, 8]),  # a 2D image and a 3D volume
+        ([9, 10, 11, 12], []),  # text only
+        ([13, *image_group(), 14], [4]),
+    ]
+    together = batch(samples)
+    with torch.no_grad():
+        logits = model(**together).logits
+    for b, (tokens, depths) in enumerate(samples):
+        one = batch([(tokens, depths)])
+        # the same image tensors as in the batch: take them from the padded batch
+        one["pixel_values"] = together["pixel_values"][b : b + 1, : max(1, len(depths)), :, : max(depths or [1])]
+        with torch.no_grad():
+            alone = model(**one).logits
+        torch.testing.assert_close(logits[b, : len(tokens)], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_generation_with_and_without_cache_agree_and_batches_left_padded():
+    model = tiny()
+    samples = [(SAMPLE, [4]), ([3, 4, *image_group(), 5], [8])]
+    left = batch(samples, pad_side="left")
+    with torch.no_grad():
+        cached = model.generate(**left, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = model.generate(**left, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
+    assert cached.shape == (2, 6)
+    torch.testing.assert_close(cached, uncached)
+    for b, sample in enumerate(samples):
+        one = batch([sample])
+        one["pixel_values"] = left["pixel_values"][b : b + 1, :1, :, : sample[1][0]]
+        with torch.no_grad():
+            alone = model.generate(**one, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        torch.testing.assert_close(alone[0], cached[b])
+
+
+def test_visual_features_are_computed_once_per_generate_call(monkeypatch):
+    model = tiny()
+    calls = []
+    original = model.vision_encoder.forward
+    monkeypatch.setattr(model.vision_encoder, "forward", lambda x: calls.append(x.shape) or original(x))
+    with torch.no_grad():
+        model.generate(**batch([(SAMPLE, [4])]), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert len(calls) == 1
+
+
+def test_lora_trains_only_the_adapters():
+    model = add_lora(tiny().train(), r=4, alpha=8)
+    counts = set_trainable(model, vision=False, perceiver=False, llm=False, embeddings=False, lora=True)
+    assert counts["lora"] > 0 and sum(v for k, v in counts.items() if k != "lora") == 0
+    lora_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora_names and all("lora_" in n and "language_model" in n for n in lora_names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    inputs = batch([(SAMPLE, [4])])
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        out = model(**inputs, labels=inputs["input_ids"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    merged = model.merge_and_unload()
+    assert isinstance(merged, MedMLLMForCausalLM) and not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_lora_targets_no_vision_tower_layer_with_the_same_name():
+    model = add_lora(tiny(vision="clip").train(), r=2)
+    adapted = {n.split(".lora_")[0] for n, _ in model.named_parameters() if "lora_" in n}
+    assert adapted and all(".language_model." in n for n in adapted)
+
+
+def test_frozen_llm_still_passes_gradients_to_the_perceiver():
+    model = tiny().train()
+    counts = set_trainable(model, vision=False, perceiver=True, llm=False, embeddings=False)
+    assert counts["perceiver"] > 0 and counts["llm"] == counts["vision"] == 0
+    inputs = batch([(SAMPLE, [4])])
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.perceiver.parameters())
+    assert model.projector.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.language_model.parameters())
+
+
+def test_2d_3d_and_text_only_samples_train_together_in_one_batch():
+    model = tiny().train()
+    set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)
+    inputs = batch([([5, *image_group(), 6, 7], [1]), ([8, *image_group(), 9, 10], [12]), ([11, 12, 13, 14, 15], [])])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(30):
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        if step == 0:  # every part, the vision encoder included, learns from the mixed batch
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision_encoder.parameters())
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_text_only_batch_touches_every_trainable_vision_parameter():
+    """What DDP needs: no trainable parameter left without a gradient by a text-only batch."""
+    model = tiny().train()
+    set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert all(p.grad.abs().sum() == 0 for p in model.vision_encoder.parameters())
+
+
+def test_weighted_loss_matches_its_definition():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 2, 3]])
+    weights = torch.tensor([[0, 2.0, 1.0, 0, 3.0], [0, 0, 1.0, 1.0, 0.5]])
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none").view(2, 4)
+    w = weights[:, 1:] * (labels[:, 1:] != -100)
+    expected = (ce * w).sum() / w.sum()
+    torch.testing.assert_close(weighted_lm_loss(logits, labels, weights), expected)
+    plain = ce[labels[:, 1:] != -100].mean()
+    torch.testing.assert_close(weighted_lm_loss(logits, labels), plain)
+    assert not torch.isclose(expected, plain)
+    torch.testing.assert_close(weighted_lm_loss(logits, labels, weights, num_items_in_batch=20.0), (ce * w).sum() / 20.0)
+
+
+def test_exam_order_embedding_changes_visual_tokens():
+    model = tiny(max_exams=4)
+    torch.nn.init.normal_(model.exam_embedding.weight)
+    inputs = batch([(SAMPLE, [4])])
+    with torch.no_grad():
+        first = model(**inputs, image_exam_index=torch.tensor([[0]])).logits
+        later = model(**inputs, image_exam_index=torch.tensor([[2]])).logits
+    assert (first - later).abs().max() > 1e-4
+
+
+def test_mismatched_image_tokens_are_a_clear_error():
+    model = tiny()
+    inputs = batch([(SAMPLE, [4])])
+    inputs["input_ids"][0, SAMPLE.index(PATCH)] = 5  # one patch slot fewer than the image gives
+    with pytest.raises(MedMLLMError, match="visual tokens"):
+        model(**inputs)
+    with pytest.raises(MedMLLMError, match="no pixel_values"):
+        model(input_ids=torch.tensor([SAMPLE]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    inputs = batch([(SAMPLE, [4])])
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny().train()
+        set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        grads.append(model.vision_encoder.patch_embed.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
