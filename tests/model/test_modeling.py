@@ -251,7 +251,23 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model = tiny().train()
         set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
+            assert model.perceiver.gradient_checkpointing and model.vision_encoder.gradient_checkpointing
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
         grads.append(model.vision_encoder.patch_embed.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_a_ready_llm_keeps_masked_attention_and_matches_a_reload(tmp_path):
+    """An LLM handed in already built (as the factory does) must attend like one built inside."""
+    settings = dict(TEXT["llama"])
+    text_config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=VOCAB, **settings)
+    llm = AutoModelForCausalLM.from_config(text_config)
+    base = tiny()
+    model = MedMLLMForCausalLM(base.config.__class__(**{**base.config.to_dict(), "text_config": llm.config}), language_model=llm).eval()
+    assert model.language_model.config._attn_implementation is not None
+    inputs = batch([(SAMPLE, [4]), ([5, 6, 7], [])])  # right padding in the second row
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from medmllm.cli.demo import demo
+from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
 from medmllm.errors import MedMLLMError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(scan_app, name="scan")
+app.add_typer(models_app, name="models")
 app.command("demo")(demo)
 
 

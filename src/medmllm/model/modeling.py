@@ -74,6 +74,10 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         # post_init's weight initialisation touches only the modules above.
         self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        if self.language_model.config._attn_implementation is None:
+            # A ready LLM shares its config object with ours, and building the composite config
+            # resets the sub-config's attention choice; without one the LLM would ignore masks.
+            self.language_model.set_attn_implementation(self.config._attn_implementation or "sdpa")
 
     # -- plumbing transformers expects from a causal LM -------------------------------------------
 
@@ -93,13 +97,14 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         self.vision_encoder.gradient_checkpointing = enable
         self.perceiver.gradient_checkpointing = enable
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """Checkpoint the vision blocks, perceiver layers and the LLM's decoder layers."""
         self._set_gradient_checkpointing(True)
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         self._set_gradient_checkpointing(False)
-        self.language_model.gradient_checkpointing_disable()
+        self.language_model.activation_checkpointing_disable()
 
     # -- vision ----------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ cross-attention then a feed-forward block, both pre-norm and residual.
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 

@@ -7,8 +7,8 @@ Every encoder maps pixels ``(B, C, D, H, W)`` to visual tokens ``(B, T, hidden_s
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from medmllm.errors import MedMLLMError
