@@ -115,9 +115,12 @@ class Sample(_Strict):
 
     def to_messages(self, root: str | Path | None = None, *, upto: int | None = None) -> list[dict]:
         """Messages for `MedMLLMProcessor`: image parts become paths (resolved against ``root``)
-        with their modality, time and exam order. ``upto``: only turns[:upto]."""
+        with their exam order; the first image of each exam also carries its modality and time,
+        so the processor writes one P2Med header per exam ("[Image] <image>...<image>" for the
+        views or series of one exam). ``upto``: only turns[:upto]."""
         base = Path(root) if root is not None else None
         exam_order = _exam_order(self.images)
+        described: set[int] = set()  # exams whose header was written: one header per exam, as P2Med
         messages = []
         for turn in self.turns[:upto]:
             parts = []
@@ -129,11 +132,14 @@ class Sample(_Strict):
                     path = Path(ref.path)
                     if base is not None and not path.is_absolute():
                         path = base / path
-                    item = {"type": "image", "image": str(path), "exam_index": exam_order[part.image]}
-                    if ref.modality:
-                        item["modality"] = ref.modality
-                    if ref.time:
-                        item["time"] = ref.time
+                    exam = exam_order[part.image]
+                    item = {"type": "image", "image": str(path), "exam_index": exam}
+                    if exam not in described:  # views / series of one exam share the first one's header
+                        described.add(exam)
+                        if ref.modality:
+                            item["modality"] = ref.modality
+                        if ref.time:
+                            item["time"] = ref.time
                     parts.append(item)
             message = {"role": turn.role, "content": parts}
             if turn.weight is not None:
