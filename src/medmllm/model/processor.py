@@ -49,6 +49,11 @@ start carries text the model has to produce). Image tokens and padding are never
 ``labels`` = ``input_ids`` where learned, -100 elsewhere; ``loss_weights`` = the message's weight
 where learned, 0 elsewhere. With ``add_generation_prompt=True`` (inference) nothing is learned.
 
+With a ``term_weighter`` (RadFM eq. 3-4, `medmllm.data.weights.TermWeighter`), each learned span is
+passed to it and a learned token overlapping one of the spans it returns gets that span's weight
+(``term_weight``, 3 for medical terms) x the message's weight, every other learned token
+``term_weighter.other_weight`` (1) x the message's weight.
+
 Images
 ------
 Each image: `medmllm.scans.read` for a path; `prepare` with ``config.image_recipe_3d`` when D > 1,
@@ -196,9 +201,13 @@ class MedMLLMProcessor:
             (`add_image_tokens`).
         config: the model's `MedMLLMConfig` (num_latents, image_channels, recipes, mean/std, ids).
         describe_exams: write P2Med's exam header before images that have a time or a modality.
+        term_weighter: per-token loss weights within learned text (see the module docstring): a
+            callable ``text -> [(start, end, weight), ...]`` (sorted, disjoint) with an
+            ``other_weight`` attribute, e.g. `medmllm.data.weights.TermWeighter`. None: every
+            learned token weighs its message's weight. For training only; not saved.
     """
 
-    def __init__(self, tokenizer, config: MedMLLMConfig, *, describe_exams: bool = True):
+    def __init__(self, tokenizer, config: MedMLLMConfig, *, describe_exams: bool = True, term_weighter=None):
         if not getattr(tokenizer, "is_fast", False):
             raise MedMLLMError("MedMLLMProcessor needs a fast tokenizer (character offsets mark the learned tokens)")
         if config.num_latents < 1:
@@ -206,6 +215,9 @@ class MedMLLMProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.describe_exams = describe_exams
+        if term_weighter is not None and not (callable(term_weighter) and hasattr(term_weighter, "other_weight")):
+            raise MedMLLMError("term_weighter must be callable (text -> [(start, end, weight)]) and have an other_weight")
+        self.term_weighter = term_weighter
         self.token_ids = self._image_token_ids(tokenizer, config)
         self.image_start_token_id, self.image_end_token_id, self.image_patch_token_id = (self.token_ids[token] for token in SPECIAL_TOKENS)
         self.image_text = IMAGE_START + IMAGE_PATCH * config.num_latents + IMAGE_END
@@ -411,11 +423,24 @@ class MedMLLMProcessor:
             self._check_image_groups(ids, len(sample.images), b)
             offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
             hit, span_weight = _span_weights(offsets, sample.spans)
+            if self.term_weighter is not None and sample.spans:
+                span_weight = span_weight * self._term_factors(sample, offsets)
             learned = hit & ~np.isin(ids, image_ids)
             labels = np.where(learned, ids, IGNORE_INDEX)
             weights = np.where(learned, span_weight, 0.0).astype(np.float32)
             rows.append({"ids": ids, "labels": labels, "weights": weights})
         return rows
+
+    def _term_factors(self, sample: _Sample, offsets: np.ndarray) -> np.ndarray:
+        """Per token: the term weighter's weight where the token overlaps one of its spans in a
+        learned span's text, its ``other_weight`` elsewhere; float32 (T,)."""
+        spans = [
+            (start + a, start + b, w)
+            for start, end, _ in sample.spans
+            for a, b, w in self.term_weighter(sample.text[start:end])
+        ]
+        hit, weight = _span_weights(offsets, spans)
+        return np.where(hit, weight, np.float32(self.term_weighter.other_weight)).astype(np.float32)
 
     def _check_image_groups(self, ids: np.ndarray, n_images: int, b: int) -> None:
         """The text must hold exactly one token group per image part (the model pairs them in order)."""
@@ -517,7 +542,9 @@ class MedMLLMProcessor:
         """Write the tokenizer, ``processor_config.json`` and, unless one is there, ``config.json``.
 
         An existing ``config.json`` (written by the model's `save_pretrained`) is left as it is: it
-        is the model's, and `from_pretrained` reads the image settings from it.
+        is the model's, and `from_pretrained` reads the image settings from it. The
+        ``term_weighter`` (training only, and holding a whole vocabulary) is not saved: pass it
+        to `from_pretrained` again to train on.
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -529,7 +556,7 @@ class MedMLLMProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> MedMLLMProcessor:
-        """The processor saved in ``directory``; ``kwargs`` (e.g. ``describe_exams``) override the saved ones."""
+        """The processor saved in ``directory``; ``kwargs`` (e.g. ``describe_exams``, ``term_weighter``) override the saved ones."""
         from transformers import AutoTokenizer
 
         directory = Path(directory)
