@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from medmllm.cli.data import app as data_app
 from medmllm.cli.demo import demo
 from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(scan_app, name="scan")
+app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.command("demo")(demo)
 
@@ -30,7 +32,9 @@ app.command("demo")(demo)
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 1, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except MedMLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
