@@ -18,37 +18,37 @@ def read_samples(path: str | Path, *, skip_invalid: bool = False, errors: list[s
     appended to ``errors`` instead (never dropped silently). Blank lines are allowed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MedMLLMError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield parse_sample(line, f"{path}:{number}")
-            except MedMLLMError as e:
-                if not skip_invalid:
-                    raise
-                if errors is not None:
-                    errors.append(str(e))
+    for number, line in _numbered_lines(path):
+        try:
+            yield parse_sample(line, f"{path}:{number}")
+        except MedMLLMError as e:
+            if not skip_invalid:
+                raise
+            if errors is not None:
+                errors.append(str(e))
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) of any JSONL file; a line that is not a JSON object is an error."""
     path = Path(path)
+    for number, line in _numbered_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MedMLLMError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise MedMLLMError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+        yield number, obj
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of the non-blank lines of a UTF-8 text file."""
     if not path.is_file():
         raise MedMLLMError(f"{path}: no such file")
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MedMLLMError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise MedMLLMError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            yield number, obj
+            if line.strip():
+                yield number, line
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:
