@@ -60,3 +60,10 @@ def test_messages_give_one_exam_header_per_exam_in_time_order(tmp_path):
     assert [p["exam_index"] for p in images] == [0, 0, 1]
     assert [("time" in p, "modality" in p) for p in images] == [(True, True), (False, False), (True, True)]
     assert images[0]["image"] == str(tmp_path / "a.png")
+
+
+def test_binary_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(xray_sample().to_json().encode() + b"\n\xff\xfe\x00garbage\n")
+    with pytest.raises(MedMLLMError, match="not UTF-8 text"):
+        list(read_samples(path))

@@ -45,10 +45,14 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) of the non-blank lines of a UTF-8 text file."""
     if not path.is_file():
         raise MedMLLMError(f"{path}: no such file")
+    number = 0
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                yield number, line
+        try:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    yield number, line
+        except UnicodeDecodeError:
+            raise MedMLLMError(f"{path}: not UTF-8 text (after line {number})") from None
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:
