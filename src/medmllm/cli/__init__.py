@@ -14,6 +14,7 @@ from medmllm.cli.data import app as data_app
 from medmllm.cli.demo import demo
 from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
+from medmllm.cli.train import app as train_app
 from medmllm.errors import MedMLLMError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(scan_app, name="scan")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 app.command("demo")(demo)
 
 

@@ -1,0 +1,315 @@
+"""Run a recipe's stages with the transformers Trainer, and export a trained run.
+
+Run folder layout (``run.output_dir``)::
+
+    RUN/recipe.yaml                      the recipe as run (resolved)
+    RUN/STAGE/model/                     the stage's full model + processor (`from_pretrained` loads it alone)
+    RUN/STAGE/adapter/                   LoRA stages only: the adapters (peft format) trained on top of
+                                         the previous stage's model
+    RUN/STAGE/checkpoints/checkpoint-N   Trainer checkpoints (`--resume` continues from the last one)
+    RUN/STAGE/log.jsonl                  one JSON line per logging step (loss, lr, grad_norm, eval_loss ...)
+    RUN/STAGE/DONE                       written last: the stage finished
+
+Chaining: each stage starts from the previous stage's ``model/`` folder. A LoRA stage saves its
+adapters AND a merged copy, and the next stage starts from the merged copy (with fresh adapters
+if it uses LoRA too). Merging is exact up to float rounding, so the next stage sees the same
+function the previous one ended with, every stage's output is a plain model that any tool loads,
+and no stage depends on peft to rebuild an adapter stack. (Continuing the *same* adapters would
+only carry over their optimiser state, which a new stage resets anyway: it has its own schedule.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from medmllm.errors import MedMLLMError
+from medmllm.train.dataset import LengthGroupedSampler, SampleCollator, SampleDataset
+from medmllm.train.recipe import Recipe, StageArgs
+
+logger = logging.getLogger(__name__)
+
+DONE = "DONE"
+
+
+@dataclass
+class StageResult:
+    name: str
+    output_dir: Path  # RUN/STAGE
+    model_dir: Path  # RUN/STAGE/model
+    metrics: dict = field(default_factory=dict)
+    model: object = None  # the trained model in memory (merged when the stage used LoRA)
+    processor: object = None
+
+
+# ------------------------------------------------------------------------------------ Trainer
+
+
+def _trainer_class():
+    """`MedMLLMTrainer`, defined on first use so that importing this module does not import transformers."""
+    from transformers import Trainer, TrainerCallback
+
+    class MedMLLMTrainer(Trainer):
+        """The Trainer, with the weighted token count as ``num_items_in_batch`` and our sampler.
+
+        transformers counts labelled tokens; our loss divides ``sum(w * ce)`` by ``sum(w)``, so the
+        divisor over the accumulated micro-batches must be the total *weight*: then accumulating
+        k micro-batches gives exactly the gradient of one k-times-larger batch.
+        """
+
+        def __init__(self, *args, lengths=None, **kwargs):
+            self._lengths = lengths
+            super().__init__(*args, **kwargs)
+
+        def _get_num_items_in_batch(self, batch_samples, device):
+            if not batch_samples or "loss_weights" not in batch_samples[0] or "labels" not in batch_samples[0]:
+                return super()._get_num_items_in_batch(batch_samples, device)
+            total = sum(learned_weight(b["labels"], b["loss_weights"]) for b in batch_samples)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                # compute_loss multiplies by the number of processes, DDP averages: a global weighted mean.
+                total = self.accelerator.gather(total.to(device)).sum()
+            return total.to(device)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self._lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(self._lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=self.args.seed)
+
+    class JsonlLogger(TrainerCallback):
+        """One JSON line per Trainer log event (training steps, evaluations, the final summary)."""
+
+        def __init__(self, path: Path):
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3), **logs}
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    return MedMLLMTrainer, JsonlLogger
+
+
+def learned_weight(labels: torch.Tensor, loss_weights: torch.Tensor) -> torch.Tensor:
+    """Total loss weight of the predicted tokens of a batch: the denominator of `weighted_lm_loss`
+    (labels shifted by one, as the loss shifts them)."""
+    valid = labels[..., 1:] != -100
+    return (loss_weights[..., 1:].float() * valid).sum()
+
+
+# ------------------------------------------------------------------------------- model set-up
+
+
+def load_start(recipe: Recipe, index: int):
+    """(model, processor) a stage starts from: the previous stage's output, or the recipe's model."""
+    if index > 0:
+        previous = stage_dir(recipe, recipe.stages[index - 1].name)
+        if not (previous / DONE).exists():
+            raise MedMLLMError(f"stage {recipe.stages[index].name!r} starts from stage {recipe.stages[index - 1].name!r}, "
+                               f"which has not finished ({previous}); run it first")
+        return load_model(previous / "model")
+    if recipe.model.init is not None:
+        return load_model(recipe.model.init)
+    from medmllm.model.factory import build
+
+    m = recipe.model
+    return build(m.preset, llm=m.llm, vision_weights=m.vision_weights, **m.overrides)
+
+
+def load_model(folder: Path):
+    """A saved model + processor."""
+    from transformers import AutoModelForCausalLM
+
+    import medmllm.model  # noqa: F401  (registers "medmllm" with the Auto classes)
+    from medmllm.model.processor import MedMLLMProcessor
+
+    if not (Path(folder) / "config.json").is_file():
+        raise MedMLLMError(f"{folder}: no saved model here (config.json missing)")
+    return AutoModelForCausalLM.from_pretrained(folder), MedMLLMProcessor.from_pretrained(folder)
+
+
+def prepare_model(model, stage: StageArgs, gradient_checkpointing: bool):
+    """Add LoRA (if the stage has it), set the freeze switches; returns (model, trainable counts)."""
+    from medmllm.model.adapters import add_lora, set_trainable
+
+    if stage.lora is not None:
+        model = add_lora(model, r=stage.lora.r, alpha=stage.lora.alpha, dropout=stage.lora.dropout, target=stage.lora.target)
+    t = stage.train
+    counts = set_trainable(model, vision=t.vision, perceiver=t.perceiver, llm=t.llm, embeddings=t.embeddings, lora=True)
+    if not any(counts.values()):
+        raise MedMLLMError(f"stage {stage.name!r} trains nothing: switch on a part under 'train' or add 'lora'")
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
+        # With a frozen embedding table the checkpointed layers' inputs would not require grad.
+        model.enable_input_require_grads()
+    return model, counts
+
+
+def precision_flags(precision: str) -> dict:
+    """TrainingArguments' bf16/fp16: autocast on a GPU, fp32 on the CPU (the CPU gains nothing from it)."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision != "fp32" and not cuda:
+        raise MedMLLMError(f"run.precision={precision} needs a GPU; use auto or fp32 on the CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def report_to(recipe: Recipe) -> list[str]:
+    if recipe.run.report_to is not None:
+        return recipe.run.report_to
+    try:
+        import tensorboard  # noqa: F401
+
+        return ["tensorboard"]
+    except ImportError:
+        return []
+
+
+def stage_dir(recipe: Recipe, name: str) -> Path:
+    return Path(recipe.run.output_dir) / name
+
+
+# -------------------------------------------------------------------------------------- stages
+
+
+def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bool = False) -> StageResult:
+    """Train one stage from its starting model and save its output (see the module docstring)."""
+    from transformers import TrainingArguments, set_seed
+
+    index = [s.name for s in recipe.stages].index(recipe.stage(name).name)
+    stage = recipe.stages[index]
+    out = stage_dir(recipe, name)
+    checkpoints = out / "checkpoints"
+    resume_from = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if out.exists() and not resume_from:
+        shutil.rmtree(out)  # a fresh run of this stage: no stale model, log or DONE marker
+    out.mkdir(parents=True, exist_ok=True)
+
+    set_seed(recipe.run.seed)
+    model, processor = load_start(recipe, index)
+    model, counts = prepare_model(model, stage, recipe.run.gradient_checkpointing)
+    logger.info("stage %s: trainable parameters %s", name, counts)
+
+    train = SampleDataset(stage.data.train, splits=None)
+    train.measure(processor, stage.data.max_tokens)
+    evaluation = None
+    if stage.data.eval is not None:
+        evaluation = SampleDataset(stage.data.eval)
+        evaluation.measure(processor, stage.data.max_tokens)
+
+    eval_strategy = "no" if evaluation is None else ("steps" if stage.eval_steps else "epoch")
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=stage.lr_scheduler,
+        warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
+        optim=stage.optim,
+        weight_decay=stage.weight_decay,
+        per_device_train_batch_size=stage.batch_size,
+        per_device_eval_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        max_grad_norm=stage.max_grad_norm,  # 0: no clipping
+        eval_strategy=eval_strategy,
+        eval_steps=stage.eval_steps,
+        logging_steps=recipe.run.logging_steps,
+        save_strategy="steps" if recipe.run.save_steps else "no",
+        save_steps=recipe.run.save_steps or 500,
+        save_total_limit=recipe.run.save_total_limit,
+        seed=recipe.run.seed,
+        data_seed=recipe.run.seed,
+        report_to=report_to(recipe),
+        remove_unused_columns=False,  # items are Samples, not feature dicts
+        dataloader_num_workers=stage.data.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **precision_flags(recipe.run.precision),
+    )
+    trainer_class, jsonl_logger = _trainer_class()
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=SampleCollator(processor, max_length=stage.data.max_tokens),
+        lengths=train.lengths if stage.data.group_by_length else None,
+        callbacks=[jsonl_logger(out / "log.jsonl")],
+    )
+    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
+    metrics = dict(result.metrics)
+    if evaluation is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_state()
+
+    model = save_stage_output(trainer.model, processor, out, lora=stage.lora is not None)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    return StageResult(name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
+
+
+def save_stage_output(model, processor, out: Path, *, lora: bool):
+    """Adapters (LoRA stages) + the full model and processor in ``out/model``; returns the saved model."""
+    if lora:
+        model.save_pretrained(out / "adapter")  # peft: adapters and their config only
+        model = model.merge_and_unload()
+    model.save_pretrained(out / "model")
+    processor.save_pretrained(out / "model")
+    return model
+
+
+def run_recipe(recipe: Recipe, *, stage: str | None = None, resume: bool = False, keep_model: bool = False) -> list[StageResult]:
+    """Run every stage in order (or only ``stage``). With ``resume``, finished stages are skipped
+    and an unfinished one continues from its last checkpoint; without, stages run afresh."""
+    names = [recipe.stage(stage).name] if stage else [s.name for s in recipe.stages]
+    out = Path(recipe.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    results = []
+    for name in names:
+        folder = stage_dir(recipe, name)
+        if resume and (folder / DONE).exists():
+            logger.info("stage %s already finished: skipped", name)
+            metrics_file = folder / "metrics.json"
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+            results.append(StageResult(name, folder, folder / "model", metrics))
+            continue
+        results.append(run_stage(recipe, name, resume=resume, keep_model=keep_model))
+    return results
+
+
+# -------------------------------------------------------------------------------------- export
+
+
+def export(run: str | Path, output: str | Path, stage: str | None = None) -> Path:
+    """Write a run's final model (or ``stage``'s) as a self-contained model folder.
+
+    Stage outputs are already merged, so this loads the model and saves it again: the result holds
+    weights, config and processor, and ``AutoModelForCausalLM.from_pretrained`` (after ``import
+    medmllm.model``) plus ``MedMLLMProcessor.from_pretrained`` load it with nothing else around.
+    """
+    run = Path(run)
+    recipe_file = run / "recipe.json"
+    if not recipe_file.is_file():
+        raise MedMLLMError(f"{run}: not a training run (recipe.json missing)")
+    names = [s["name"] for s in json.loads(recipe_file.read_text())["stages"]]
+    if stage is not None and stage not in names:
+        raise MedMLLMError(f"{run}: no stage {stage!r}; stages: {', '.join(names)}")
+    target = stage or names[-1]
+    if not (run / target / DONE).exists():
+        raise MedMLLMError(f"{run}: stage {target!r} has not finished; nothing to export (train it, or pass --stage)")
+    source = run / target / "model"
+    model, processor = load_model(source)
+    output = Path(output)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    return output
+
+
+__all__ = ["StageResult", "export", "learned_weight", "load_model", "prepare_model", "run_recipe", "run_stage", "save_stage_output"]
