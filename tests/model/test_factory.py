@@ -137,3 +137,16 @@ def test_vision_half_of_a_full_clip_checkpoint(tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     model, _ = build("tiny", vision_encoder="hf2d", vision_weights=tmp_path / "clip", vision_config={"max_slices": 4, "hf_config": CLIP_TINY}, image_channels=3)
     torch.testing.assert_close(model.vision_encoder.model.embeddings.patch_embedding.weight, clip.vision_model.embeddings.patch_embedding.weight)
+
+
+def test_llm_from_a_gguf_file(tmp_path):
+    """`build(llm="x.gguf")`: transformers' GGUF loading, dequantised, then our image tokens added."""
+    from tests.model.test_hub import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.Q4_1.gguf")
+    model, processor = build("tiny", llm=gguf)
+    assert model.language_model.config.model_type == "llama" and processor.image_patch_token_id is not None
+    rng = np.random.default_rng(2)
+    batch = processor([conversation(rng.normal(size=(9, 33, 33)).astype(np.float32), rng.normal(size=(1, 33, 33)).astype(np.float32))])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
