@@ -248,7 +248,10 @@ def prepare(scan: Scan, recipe: Recipe | str) -> Scan:
             x = x @ torch.tensor(LUMA_601, dtype=x.dtype)  # NaN in any channel stays NaN
         low, high = _finite_range(x, where, inf_ok=recipe.intensity == "window")
         x = _intensity(x, recipe, low, high)
-        voxels = _resize(x, shape).numpy()
+        resized = _resize(x, shape)
+        if recipe.intensity != "none":  # interpolation weights sum to 1 only up to rounding: 1.0000001 happens
+            resized.clamp_(0.0, 1.0)
+        voxels = resized.numpy()
     if np.may_share_memory(voxels, scan.voxels):  # "none" and no resize: never alias the input
         voxels = voxels.copy()
     new_spacing = tuple(old * n / m for old, n, m in zip(scan.spacing, scan.shape, shape))
