@@ -256,12 +256,17 @@ def run_datasketch(texts: list[str], bands: int, rows: int):
     num_perm = bands * rows
     stages = {}
     t0 = time.perf_counter()
-    template = MinHash(num_perm=num_perm, seed=0, scheme="legacy")
+    try:  # datasketch >= 2.0 names the scheme; before 2.0 "legacy" was the only one
+        template = MinHash(num_perm=num_perm, seed=0, scheme="legacy")
+        scheme = {"scheme": "legacy"}
+    except TypeError:
+        template = MinHash(num_perm=num_perm, seed=0)
+        scheme = {}
     minhashes = []
     for text in texts:
         tokens = tokenize(text)
         shingles = {" ".join(tokens[i : i + NGRAM]).encode("utf-8") for i in range(len(tokens) - NGRAM + 1)}
-        m = MinHash(num_perm=num_perm, seed=0, scheme="legacy", permutations=template.permutations)
+        m = MinHash(num_perm=num_perm, seed=0, permutations=template.permutations, **scheme)
         if shingles:
             m.update_batch(shingles)
         minhashes.append(m)
