@@ -41,8 +41,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medmllm.config_files import describe_validation_error, read_yaml
 from medmllm.data.io import read_samples, write_samples
-from medmllm.data.schema import Sample, describe_validation_error
+from medmllm.data.schema import Sample
 from medmllm.errors import MedMLLMError
 
 
@@ -122,19 +123,11 @@ class BuildRecipe(_Section):
 
     @classmethod
     def load(cls, path: str | Path) -> BuildRecipe:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise MedMLLMError(f"{path}: no such recipe file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise MedMLLMError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = read_yaml(path)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise MedMLLMError(f"{path}: {describe_validation_error(e)}") from None
+            raise MedMLLMError(f"{path}: {describe_validation_error(e, 'recipe')}") from None
 
 
 # --------------------------------------------------------------------------- steps

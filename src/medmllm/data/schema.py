@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medmllm.config_files import describe_validation_error
 from medmllm.errors import MedMLLMError
 
 Role = Literal["system", "user", "assistant"]
@@ -160,13 +161,6 @@ def _exam_order(images: list[ImageRef]) -> list[int]:
 
 def text_turn(role: Role, text: str, weight: float | None = None) -> Turn:
     return Turn(role=role, content=[TextPart(text=text)], weight=weight)
-
-
-def describe_validation_error(e: ValidationError) -> str:
-    """The first problem of a pydantic error as one line: ``field.path: message``."""
-    err = e.errors()[0]
-    where = ".".join(str(x) for x in err["loc"]) or "sample"
-    return f"{where}: {err['msg']}" + (f" ({len(e.errors())} problems)" if len(e.errors()) > 1 else "")
 
 
 def parse_sample(line: str | bytes, where: str = "") -> Sample:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medmllm.config_files import describe_validation_error, read_yaml
 from medmllm.errors import MedMLLMError
 
 
@@ -149,13 +150,6 @@ class Recipe(_Args):
         return self
 
 
-def _one_line(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(x) for x in err["loc"]) or "recipe"
-    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-    return f"{where}: {err['msg']}{more}"
-
-
 def parse_recipe(raw: Any, where: str = "recipe", base: Path | None = None) -> Recipe:
     """A `Recipe` from a parsed YAML/JSON object; errors are one line starting with ``where``."""
     if not isinstance(raw, dict):
@@ -163,24 +157,14 @@ def parse_recipe(raw: Any, where: str = "recipe", base: Path | None = None) -> R
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise MedMLLMError(f"{where}: {_one_line(e)}") from None
+        raise MedMLLMError(f"{where}: {describe_validation_error(e, 'recipe')}") from None
     return recipe.resolve_paths(base) if base is not None else recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe YAML; paths in it are resolved against its folder."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise MedMLLMError(f"{path}: no such recipe file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise MedMLLMError(f"{path}: not valid YAML{line} ({getattr(e, 'problem', None) or e})") from None
-    return parse_recipe(raw, str(path), path.parent)
+    return parse_recipe(read_yaml(path), str(path), path.parent)
 
 
 __all__ = ["DataArgs", "FreezeArgs", "LoraArgs", "ModelArgs", "Recipe", "RunArgs", "StageArgs", "load_recipe", "parse_recipe"]
