@@ -21,7 +21,10 @@ after ``--warmup`` steps (fewer when a step is slow: the timed steps stop after 
 and the peak memory (CPU: ru_maxrss; CUDA: torch.cuda.max_memory_allocated). Configurations run
 in increasing size; one whose peak memory or step time, extrapolated linearly in sequence length
 from the same connector's smaller configurations, exceeds ``--max-mem-gib`` / ``--max-step-s`` is
-skipped, and a worker whose warm-up step exceeds ``--max-step-s`` stops there.
+skipped, and a worker whose warm-up step exceeds ``--max-step-s`` stops there. On a shared
+machine the script waits before each worker until other jobs leave the CPU and runs a worker again
+when they used more than 0.2 core meanwhile (``--wait-idle-s`` caps the waiting); the report's
+``others`` column gives the cores other jobs used during each worker.
 
 Also reported: the visual tokens P2Med's CLIP ViT-L/14-336 gives a 30-slice CT without a perceiver
 (counted on a tiny CLIP with the same patching), and the embedding splice alone (RadFM's one-hot
