@@ -15,3 +15,13 @@ class ScanError(MedMLLMError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def first_line(error: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters, for a one-line
+    user error; an empty message gives ``default`` (the exception's type name if None)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if default is None else default
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medmllm.errors import MedMLLMError
+from medmllm.errors import MedMLLMError, first_line
 
 MARKER = ".medmllm-complete"
 SOURCE_FILE = "medmllm_source.json"
@@ -273,12 +273,6 @@ def _reporter(progress: bool) -> Callable[[str], None]:
     return lambda message: console.print(f"[bold cyan]medmllm[/] [dim]{time.monotonic() - start:6.1f}s[/] {escape(message)}", soft_wrap=True)
 
 
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    """The first line of an exception, short enough for a one-line user error."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ---------------------------------------------------------------------------------------------
 # Hugging Face hub
 
@@ -324,7 +318,7 @@ def _probe_hub(endpoint: str) -> None:
     try:
         get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
     except Exception as e:  # any HTTP answer, even an error status, means it is reachable
-        raise MedMLLMError(f"{endpoint} unreachable ({_one_line(e, 120)})") from None
+        raise MedMLLMError(f"{endpoint} unreachable ({first_line(e, 120)})") from None
 
 
 def _fetch_hub(spec: ModelSpec, dest: Path, say: Callable[[str], None]) -> Path:
@@ -356,7 +350,7 @@ def _fetch_hub(spec: ModelSpec, dest: Path, say: Callable[[str], None]) -> Path:
                 )
             )
         except Exception as e:
-            raise MedMLLMError(f"{repo}: {_one_line(e)}") from None
+            raise MedMLLMError(f"{repo}: {first_line(e, 240)}") from None
         if not _has_model_files(snapshot):
             raise MedMLLMError(f"{repo} has no config.json + *.safetensors + tokenizer at its top level")
 
@@ -385,7 +379,7 @@ def _check_loads(path: Path) -> None:
         AutoConfig.from_pretrained(path)
         AutoTokenizer.from_pretrained(path)
     except Exception as e:
-        raise MedMLLMError(f"downloaded files do not load: {_one_line(e)}") from None
+        raise MedMLLMError(f"downloaded files do not load: {first_line(e, 240)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +489,7 @@ def _convert_gguf(spec: ModelSpec, gguf_file: Path, build: Path, say: Callable[[
             folder, gguf_file=filename, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
         )
     except Exception as e:
-        raise MedMLLMError(f"transformers {transformers.__version__} could not load {filename}: {_one_line(e)}") from None
+        raise MedMLLMError(f"transformers {transformers.__version__} could not load {filename}: {first_line(e, 240)}") from None
     if not tokenizer.chat_template and spec.chat_template:
         tokenizer.chat_template = spec.chat_template
     model.eval()

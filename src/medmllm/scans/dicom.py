@@ -22,7 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medmllm.errors import ScanError
+from medmllm.errors import ScanError, first_line
 from medmllm.scans.orient import LPS_TO_RAS, to_canonical
 from medmllm.scans.scan import Scan
 
@@ -339,7 +339,7 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoders raise many types: missing plugin, truncated data, bad header
-        raise ScanError(path, f"cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {_one_line(e)}") from None
+        raise ScanError(path, f"cannot decode pixel data ({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {first_line(e)}") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1:
         arr = arr[np.newaxis]
@@ -374,11 +374,6 @@ def _rescale(ds: Dataset, frame: int | None) -> tuple[float, float]:
 def _sop_name(ds: Dataset) -> str:
     uid = ds.get("SOPClassUID")
     return getattr(uid, "name", None) or str(uid or "object")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def _plane(ds: Dataset, frame: int | None) -> tuple[np.ndarray | None, np.ndarray | None, tuple[float, float] | None]:
@@ -426,7 +421,7 @@ def read_series(where: Path, files: list[Path], max_bytes: int) -> Scan:
         try:
             datasets.append((path, pydicom.dcmread(path)))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
-            raise ScanError(path, f"not a readable DICOM file: {_one_line(e)}") from None
+            raise ScanError(path, f"not a readable DICOM file: {first_line(e)}") from None
     first_path, first = datasets[0]
     _check_size(first_path, first, len(datasets), max_bytes)
 

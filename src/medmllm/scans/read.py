@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmllm.errors import ScanError
+from medmllm.errors import ScanError, first_line
 from medmllm.scans.dicom import SeriesSelector, is_dicom_file, quiet_pydicom, read_dicom_folder, read_series
 from medmllm.scans.orient import to_canonical
 from medmllm.scans.scan import Scan
@@ -79,7 +79,7 @@ def read(
         except (ScanError, MemoryError, KeyboardInterrupt):
             raise
         except Exception as e:  # a parser choked on malformed input: one line, not a traceback
-            raise ScanError(path, f"cannot read as {kind}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
+            raise ScanError(path, f"cannot read as {kind}: {type(e).__name__}: {first_line(e, default='')}") from None
     if modality:
         scan.modality = modality.upper()
         scan.unit = "HU" if scan.modality == "CT" else ""
