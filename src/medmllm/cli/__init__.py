@@ -12,6 +12,7 @@ import typer
 
 from medmllm.cli.data import app as data_app
 from medmllm.cli.demo import demo
+from medmllm.cli.eval import app as eval_app
 from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
 from medmllm.cli.train import app as train_app
@@ -28,6 +29,7 @@ app.add_typer(scan_app, name="scan")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 app.command("demo")(demo)
 
 

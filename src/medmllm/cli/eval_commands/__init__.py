@@ -1,0 +1,1 @@
+"""One module per `medmllm eval` command (registered in medmllm.cli.eval)."""
