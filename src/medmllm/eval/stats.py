@@ -1,5 +1,5 @@
-"""Statistics in one place: confidence intervals for metric scores (and, later in this module,
-paired comparisons and clustered standard errors).
+"""Statistics in one place: confidence intervals of metric scores, paired comparisons of two runs,
+clustered standard errors, and rater agreement (docs/statistics.md has the exact definitions).
 
 - ``t``: mean of the per-sample values +- t(0.975, n-1) * sd / sqrt(n) — P2Med's intervals
   (section V-A.5: "calculated using the t-distribution"). Only for metrics whose corpus value is
@@ -7,7 +7,13 @@ paired comparisons and clustered standard errors).
 - ``bootstrap``: percentile bootstrap over samples (resample N indices with replacement, recompute
   the corpus value with `Score.resample`), for any metric, BLEU included. Seeded: same input, same CI.
 
+- ``cluster``: mean +- t(0.975, G-1) * cluster-robust SE, for several questions on one image
+  (G clusters; `cluster_interval`).
+
 ``interval(score)`` picks ``t`` for mean metrics and ``bootstrap`` for corpus metrics unless told.
+
+Paired comparison of two runs on the same samples (`paired_bootstrap`, `permutation_test`) and
+rater agreement (`krippendorff_alpha`, `icc_2_1`) follow below.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from medmllm.eval.metrics.base import Score
 
-Method = Literal["auto", "t", "bootstrap"]
+Method = Literal["auto", "t", "bootstrap", "cluster"]
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -63,15 +69,20 @@ def bootstrap_interval(score: Score, confidence: float = 0.95, resamples: int = 
     return (float(lo), float(hi))
 
 
-def interval(score: Score, method: Method = "auto", confidence: float = 0.95, **bootstrap_options) -> tuple[float, float]:
-    """The 95% (``confidence``) interval of a score: t for mean metrics, bootstrap for corpus metrics."""
+def interval(score: Score, method: Method = "auto", confidence: float = 0.95, clusters: np.ndarray | None = None,
+             **bootstrap_options) -> tuple[float, float]:
+    """The 95% (``confidence``) interval of a score: t for mean metrics, bootstrap for corpus metrics;
+    ``method="cluster"`` with ``clusters`` (N,) (e.g. the image id of each question) for clustered samples."""
     if method == "auto":
         method = "t" if score.corpus is None else "bootstrap"
+    if method in ("t", "cluster") and score.corpus is not None:
+        raise ValueError(f"a {method} interval needs a metric whose value is the mean of its per-sample values")
     if method == "t":
-        if score.corpus is not None:
-            raise ValueError("a t interval needs a metric whose value is the mean of its per-sample values")
         return t_interval(score.per_sample, confidence)
+    if method == "cluster":
+        if clusters is None:
+            raise ValueError("method='cluster' needs clusters=, one cluster label per sample")
+        return cluster_interval(score.per_sample, clusters, confidence)
     return bootstrap_interval(score, confidence, **bootstrap_options)
 
 
-__all__ = ["DEFAULT_RESAMPLES", "DEFAULT_SEED", "bootstrap_indices", "bootstrap_interval", "interval", "t_interval"]
