@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from results import machine  # benchmarks/results.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -401,19 +402,6 @@ def evaluate(result: dict, truth: dict[int, float], docs: np.ndarray, n: int, pl
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} vCPUs, {mem:.1f} GiB RAM, no GPU"
 
 
 def versions() -> str:

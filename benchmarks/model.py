@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results import replace_section  # benchmarks/results.py, beside this script
 from torch import nn
 
 from medmllm.model.configuration import MedMLLMConfig
@@ -624,18 +625,6 @@ def report(env: dict, rows: list[dict], splices: list[dict], p2med: dict, args, 
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the `# Model benchmark` section of ``path`` (or append it); other sections stay as they are."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + text
-    else:
-        end = old.find("\n# ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo", choices=list(PRESETS))
@@ -683,7 +672,7 @@ def main() -> None:
     text = report(environment(args), rows, splices, p2med, args, time.perf_counter() - start)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        replace_section(args.write, SECTION, text)
 
 
 if __name__ == "__main__":

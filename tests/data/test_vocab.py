@@ -189,3 +189,16 @@ def test_custom_categories():
     assert vocab.disease_categories("诊断：川崎病") == ["kawasaki"]
     assert vocab.disease_categories("Kawasaki disease shock syndrome") == []
     assert vocab.disease_categories("No Kawasaki disease") == []
+
+
+def test_icd10_terms_are_cached_on_disk_and_read_back_identically(tmp_path, monkeypatch):
+    from medmllm.data import vocab
+
+    monkeypatch.setenv("MEDMLLM_HOME", str(tmp_path))
+    vocab.icd10cm_terms.cache_clear()
+    derived = vocab.icd10cm_terms()
+    [cached] = (tmp_path / "vocab").glob("icd10cm-*.txt")
+    vocab.icd10cm_terms.cache_clear()
+    cached.write_text(cached.read_text() + "\nplanted term")  # proves the second call reads the file
+    assert vocab.icd10cm_terms() == (*derived, "planted term")
+    vocab.icd10cm_terms.cache_clear()

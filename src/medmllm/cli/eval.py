@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import typer
 
+from medmllm.cli.eval_commands.compare import compare_command
+from medmllm.cli.eval_commands.judge import judge_command
+from medmllm.cli.eval_commands.label import label_command
+from medmllm.cli.eval_commands.run import run_command
+from medmllm.cli.eval_commands.score import score_command
+
 app = typer.Typer(
     help="Evaluate models (benchmarks, metrics with 95% CIs, clinical labels, LLM judge) and compare runs.",
     no_args_is_help=True,
@@ -20,4 +26,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Commands register here, one line each: app.command("name")(function)
+app.command("run")(run_command)
+app.command("score")(score_command)
+app.command("label")(label_command)
+app.command("judge")(judge_command)
+app.command("compare")(compare_command)

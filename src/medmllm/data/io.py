@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medmllm.data.schema import Sample, parse_sample
 from medmllm.errors import MedMLLMError
+from medmllm.jsonl import numbered_lines, read_jsonl  # noqa: F401  (read_jsonl: part of this module's API)
 from medmllm.scans.write import atomic_path
 
 
@@ -18,7 +19,7 @@ def read_samples(path: str | Path, *, skip_invalid: bool = False, errors: list[s
     appended to ``errors`` instead (never dropped silently). Blank lines are allowed.
     """
     path = Path(path)
-    for number, line in _numbered_lines(path):
+    for number, line in numbered_lines(path):
         try:
             yield parse_sample(line, f"{path}:{number}")
         except MedMLLMError as e:
@@ -26,33 +27,6 @@ def read_samples(path: str | Path, *, skip_invalid: bool = False, errors: list[s
                 raise
             if errors is not None:
                 errors.append(str(e))
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of any JSONL file; a line that is not a JSON object is an error."""
-    path = Path(path)
-    for number, line in _numbered_lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MedMLLMError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise MedMLLMError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-        yield number, obj
-
-
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of the non-blank lines of a UTF-8 text file."""
-    if not path.is_file():
-        raise MedMLLMError(f"{path}: no such file")
-    number = 0
-    with open(path, encoding="utf-8") as f:
-        try:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    yield number, line
-        except UnicodeDecodeError:
-            raise MedMLLMError(f"{path}: not UTF-8 text (after line {number})") from None
 
 
 def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:

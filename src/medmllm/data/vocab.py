@@ -60,6 +60,7 @@ than the window are not handled.
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache, lru_cache
@@ -289,11 +290,20 @@ def icd10_phrases(description: str) -> list[str]:
 
 @cache
 def icd10cm_terms() -> tuple[str, ...]:
-    """Terms from ICD-10-CM chapters 1-19 (codes A00-U85): descriptions and inclusion terms."""
+    """Terms from ICD-10-CM chapters 1-19 (codes A00-U85): descriptions and inclusion terms.
+
+    Deriving them takes ~4 s, so the result is kept in ``$MEDMLLM_HOME/vocab/`` (one line per
+    term) under a key that changes with the package version and with the rules that derive them
+    (the source of `icd10_phrases` and its word lists): a later process reads it in milliseconds,
+    and a change of the rules never reads a stale list.
+    """
+    cached = _icd10_cache_path()
     try:
-        import simple_icd_10_cm as cm
-    except ImportError:
-        raise MedMLLMError("the icd10cm vocabulary source needs the simple-icd-10-cm package: pip install 'simple-icd-10-cm>=1.5,<2'") from None
+        return tuple(cached.read_text(encoding="utf-8").split("\n"))
+    except OSError:
+        pass
+    import simple_icd_10_cm as cm  # 2 s to import: only when the list is derived
+
     terms: dict[str, None] = {}  # ordered set: the output is the same in every run
     for code in cm.get_all_codes(with_dots=False):
         # Chapters 20-21 (V00-Z99): accidents and encounters. Extended codes (the generated 7th
@@ -302,7 +312,32 @@ def icd10cm_terms() -> tuple[str, ...]:
             continue
         for text in (cm.get_description(code), *cm.get_inclusion_term(code)):
             terms.update(dict.fromkeys(icd10_phrases(text)))
+    try:  # a cache that cannot be written (read-only home) only costs the 4 s next time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text("\n".join(terms), encoding="utf-8")
+        os.replace(tmp, cached)
+    except OSError:
+        pass
     return tuple(terms)
+
+
+def _icd10_cache_path() -> Path:
+    import hashlib
+    import inspect
+    from importlib.metadata import PackageNotFoundError, version
+
+    from medmllm.paths import medmllm_home
+
+    try:
+        icd_version = version("simple-icd-10-cm")
+    except PackageNotFoundError:
+        raise MedMLLMError("the icd10cm vocabulary source needs the simple-icd-10-cm package: pip install 'simple-icd-10-cm>=1.5,<2'") from None
+
+    rules = "|".join([inspect.getsource(icd10_phrases), _ICD_SPLIT.pattern, _WORD.pattern, str(_ICD_MAX_WORDS),
+                      *sorted(ICD_EDGE_WORDS), "/", *sorted(ICD_GENERIC_WORDS)])
+    key = hashlib.sha256(rules.encode()).hexdigest()[:16]
+    return medmllm_home() / "vocab" / f"icd10cm-{icd_version}-{key}.txt"
 
 
 def radiology_terms() -> tuple[str, ...]:

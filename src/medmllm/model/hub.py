@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medmllm.errors import MedMLLMError, first_line
+from medmllm.paths import medmllm_home
 
 MARKER = ".medmllm-complete"
 SOURCE_FILE = "medmllm_source.json"
@@ -119,10 +120,6 @@ REGISTRY: dict[str, ModelSpec] = {
 # ---------------------------------------------------------------------------------------------
 # Places
 
-
-def medmllm_home() -> Path:
-    """``$MEDMLLM_HOME``, default ``~/.cache/medmllm``; read on every call so tests can move it."""
-    return Path(os.environ.get("MEDMLLM_HOME") or Path.home() / ".cache" / "medmllm").expanduser()
 
 
 def models_dir() -> Path:

@@ -10,7 +10,7 @@ import importlib
 from medmllm.eval.metrics.base import METRICS, MetricSpec, MetricUnavailable, Score, get_metric, register
 
 # One entry per metric module; adding a metric is one new file plus its line here.
-METRIC_MODULES: tuple[str, ...] = ()
+METRIC_MODULES: tuple[str, ...] = ("bleu", "rouge", "cider", "clinical", "terms", "model_based")
 
 _loaded = False
 
