@@ -62,7 +62,7 @@ def make_recipe(out: Path, train: Path, stages: list[dict], eval: Path | None = 
     return parse_recipe({
         "model": {"preset": "tiny"},
         "data": {"train": str(train), **({"eval": str(eval)} if eval else {})},
-        "run": {"output_dir": str(out), "save_steps": None, "logging_steps": 1, "report_to": [], **run},
+        "run": {"output_dir": str(out), "save_steps": None, "logging_steps": 1, "report_to": [], "eval_generate": 0, **run},
         "stages": stages,
     })
 
@@ -276,3 +276,30 @@ stages:
     result = CliRunner().invoke(app, [str(recipe)], catch_exceptions=False)
     assert result.exit_code == 0 and "stage only:" in result.output and "train_loss=" in result.output, result.output
     assert (tmp_path / "run" / "only" / "model" / "model.safetensors").exists()
+
+
+def test_evaluation_during_training_logs_fast_metrics_and_tensorboard(data, tmp_path):
+    """At each evaluation: eval_loss, then greedy answers to the eval samples scored with the
+    harness's fast metrics (report -> BLEU / ROUGE-L), in log.jsonl and TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = make_recipe(tmp_path / "run", data / "train.jsonl", eval=data / "train.jsonl", report_to=["tensorboard"],
+                         eval_generate=2, eval_max_new_tokens=8,
+                         stages=[{"name": "s", "train": ALL, "max_steps": 4, "eval_steps": 2, "batch_size": 3, "learning_rate": 1e-3, **FAST}])
+    [result] = run_recipe(recipe)
+    rows = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
+    generated = [row for row in rows if any(k.startswith("eval_gen/") for k in row)]
+    assert [row["step"] for row in generated][:2] == [2, 4]  # every eval_steps (and once more at the end)
+    keys = {k for row in generated for k in row if k.startswith("eval_gen/")}
+    assert {"eval_gen/report/bleu_4", "eval_gen/report/rouge_l"} <= keys, keys
+    assert all(0.0 <= row["eval_gen/report/bleu_4"] <= 1.0 for row in generated)
+    assert "eval_gen/report/bleu_4" in result.metrics
+
+    events = list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, list(result.output_dir.iterdir())
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    tags = accumulator.Tags()["scalars"]
+    assert "train/loss" in tags and "eval/loss" in tags, tags
+    assert len(accumulator.Scalars("train/loss")) == 4

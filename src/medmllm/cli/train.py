@@ -49,9 +49,14 @@ def run(
     if output_dir is not None:
         loaded.run.output_dir = output_dir
 
+    import os
+
     from medmllm.train.trainer import run_recipe
 
-    for result in run_recipe(loaded, stage=stage, resume=resume):
+    results = run_recipe(loaded, stage=stage, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # launched distributed: the first process reports
+    for result in results:
         loss = result.metrics.get("train_loss")
         evaluation = result.metrics.get("eval_loss")
         summary = f"stage {result.name}: {result.model_dir}"

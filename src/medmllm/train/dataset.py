@@ -98,10 +98,7 @@ def sample_length(processor, sample: Sample, root: Path | None = None) -> int:
     where each image is ``<image>`` + ``num_latents`` x ``<image_patch>`` + ``</image>``, so image
     tokens count in the length budget as they will in the batch.
     """
-    # _render_sample only writes image text; images are read later, in _image_batch.
-    rendered = processor._render_sample(sample.to_messages(root), 0, processor.describe_exams, False)
-    ids = processor.tokenizer(rendered.text, add_special_tokens=not processor.has_chat_template)["input_ids"]
-    return len(ids)
+    return processor.count_tokens(sample.to_messages(root))
 
 
 class SampleCollator:

@@ -101,6 +101,10 @@ class RunArgs(_Args):
     save_steps: int | None = Field(500, ge=1)  # Trainer checkpoints (for --resume); None: none
     save_total_limit: int = Field(2, ge=1)
     report_to: list[str] | None = None  # None: TensorBoard when installed
+    # At each evaluation, greedy answers to the first N eval samples are scored with the evaluation
+    # harness's fast metrics (BLEU, ROUGE, accuracy ... by task); 0 switches it off.
+    eval_generate: int = Field(16, ge=0)
+    eval_max_new_tokens: int = Field(128, ge=1)
 
 
 class Recipe(_Args):

@@ -6,8 +6,11 @@ Run folder layout (``run.output_dir``)::
     RUN/STAGE/model/                     the stage's full model + processor (`from_pretrained` loads it alone)
     RUN/STAGE/adapter/                   LoRA stages only: the adapters (peft format) trained on top of
                                          the previous stage's model
-    RUN/STAGE/checkpoints/checkpoint-N   Trainer checkpoints (`--resume` continues from the last one)
+    RUN/STAGE/checkpoints/checkpoint-N   Trainer checkpoints, the last ``run.save_total_limit`` kept; each is
+                                         written in checkpoints/.staging/ and renamed into place, so a
+                                         kill mid-save never leaves a half checkpoint that --resume would take
     RUN/STAGE/log.jsonl                  one JSON line per logging step (loss, lr, grad_norm, eval_loss ...)
+    RUN/STAGE/tensorboard/               TensorBoard event files (when tensorboard is installed)
     RUN/STAGE/DONE                       written last: the stage finished
 
 Chaining: each stage starts from the previous stage's ``model/`` folder. A LoRA stage saves its
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -36,6 +40,8 @@ from medmllm.train.recipe import Recipe, StageArgs
 logger = logging.getLogger(__name__)
 
 DONE = "DONE"
+TRAINED_OUTSIDE_ADAPTERS = "trained_outside_adapters.safetensors"  # in LoRA checkpoints
+STAGING = ".staging"  # inside checkpoints/: where a checkpoint is written before it is renamed into place
 
 
 @dataclass
@@ -63,9 +69,66 @@ def _trainer_class():
         k micro-batches gives exactly the gradient of one k-times-larger batch.
         """
 
-        def __init__(self, *args, lengths=None, **kwargs):
+        def __init__(self, *args, lengths=None, generation_eval=None, **kwargs):
             self._lengths = lengths
+            self._generation_eval = generation_eval  # model -> {"eval_gen/task/metric": value}
+            self._staging = None  # set while a checkpoint is being written
             super().__init__(*args, **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            """Eval loss (the Trainer's), then the harness's fast metrics on generated answers."""
+            metrics = super().evaluate(*args, **kwargs)
+            if self._generation_eval is not None and self.is_world_process_zero():
+                generated = self._generation_eval(self.model)
+                self.log(generated)
+                metrics.update(generated)
+            return metrics
+
+        # -- LoRA checkpoints keep the other trained parts too ---------------------------------------
+        # peft saves adapters only; a LoRA stage that also trains the perceiver (P2Med stage 2) would
+        # resume with the perceiver reset. So checkpoints of a peft model carry those weights as well.
+
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            extra = trained_outside_adapters(self.model)
+            if extra and self.args.should_save:
+                from safetensors.torch import save_file
+
+                save_file(extra, os.path.join(output_dir or self.args.output_dir, TRAINED_OUTSIDE_ADAPTERS))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            path = Path(resume_from_checkpoint) / TRAINED_OUTSIDE_ADAPTERS
+            if path.is_file():
+                from safetensors.torch import load_file
+
+                unexpected = (model or self.model).load_state_dict(load_file(path), strict=False).unexpected_keys
+                if unexpected:
+                    raise MedMLLMError(f"{path}: weights the model does not have, e.g. {unexpected[0]}")
+
+        # -- atomic checkpoints: write into checkpoints/.staging/checkpoint-N, then rename ---------
+
+        def _get_output_dir(self, trial):
+            return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            from transformers.trainer_utils import rotate_checkpoints
+
+            run_dir = Path(super()._get_output_dir(trial))
+            name = f"checkpoint-{self.state.global_step}"
+            self._staging = run_dir / STAGING
+            try:
+                super()._save_checkpoint(model, trial)  # every rank writes its part (RNG state) here
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                staged, final = run_dir / STAGING / name, run_dir / name
+                if final.exists():  # saved again at the same step (a resumed run that re-saves)
+                    shutil.rmtree(final)
+                os.replace(staged, final)  # atomic on one file system: the checkpoint is whole or absent
+                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit, use_mtime=False)
+            self.accelerator.wait_for_everyone()
 
         def _get_num_items_in_batch(self, batch_samples, device):
             if not batch_samples or "loss_weights" not in batch_samples[0] or "labels" not in batch_samples[0]:
@@ -79,7 +142,10 @@ def _trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             if self._lengths is None:
                 return super()._get_train_sampler(train_dataset)
-            return LengthGroupedSampler(self._lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=self.args.seed)
+            # Groups of one optimiser step over ALL processes: the order is the same for any number of
+            # processes with the same global batch, so a run on 2 GPUs sees what a run on 1 would.
+            step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            return LengthGroupedSampler(self._lengths, step, seed=self.args.seed)
 
     class JsonlLogger(TrainerCallback):
         """One JSON line per Trainer log event (training steps, evaluations, the final summary)."""
@@ -94,6 +160,15 @@ def _trainer_class():
                     f.write(json.dumps(row) + "\n")
 
     return MedMLLMTrainer, JsonlLogger
+
+
+def trained_outside_adapters(model) -> dict[str, torch.Tensor]:
+    """Trainable parameters of a peft model that are not LoRA adapters (perceiver, projector ...); {} otherwise."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return {}
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name}
 
 
 def learned_weight(labels: torch.Tensor, loss_weights: torch.Tensor) -> torch.Tensor:
@@ -180,17 +255,29 @@ def stage_dir(recipe: Recipe, name: str) -> Path:
 
 
 def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bool = False) -> StageResult:
-    """Train one stage from its starting model and save its output (see the module docstring)."""
-    from transformers import TrainingArguments, set_seed
+    """Train one stage from its starting model and save its output (see the module docstring).
+
+    Under ``torchrun`` / ``accelerate launch`` every process runs this; the process group starts
+    with `TrainingArguments`, and only the main process deletes, writes logs and saves outputs.
+    """
+    from accelerate import PartialState
+    from transformers import set_seed
 
     index = [s.name for s in recipe.stages].index(recipe.stage(name).name)
     stage = recipe.stages[index]
     out = stage_dir(recipe, name)
     checkpoints = out / "checkpoints"
     resume_from = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    if out.exists() and not resume_from:
-        shutil.rmtree(out)  # a fresh run of this stage: no stale model, log or DONE marker
-    out.mkdir(parents=True, exist_ok=True)
+
+    args = training_arguments(recipe, stage, checkpoints, has_eval=stage.data.eval is not None)
+    _ = args.device  # sets up the process group (gloo on CPU, nccl on GPU) when launched distributed
+    processes = PartialState()
+    if processes.is_main_process:
+        if out.exists() and not resume_from:
+            shutil.rmtree(out)  # a fresh run of this stage: no stale model, log or DONE marker
+        shutil.rmtree(checkpoints / STAGING, ignore_errors=True)  # a checkpoint a kill interrupted
+        out.mkdir(parents=True, exist_ok=True)
+    processes.wait_for_everyone()
 
     set_seed(recipe.run.seed)
     model, processor = load_start(recipe, index)
@@ -204,8 +291,44 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
         evaluation = SampleDataset(stage.data.eval)
         evaluation.measure(processor, stage.data.max_tokens)
 
-    eval_strategy = "no" if evaluation is None else ("steps" if stage.eval_steps else "epoch")
-    args = TrainingArguments(
+    trainer_class, jsonl_logger = _trainer_class()
+    generation_eval = None
+    if evaluation is not None and recipe.run.eval_generate:
+        generation_eval = GenerationEval(evaluation, processor, recipe.run.eval_generate, recipe.run.eval_max_new_tokens)
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=SampleCollator(processor, max_length=stage.data.max_tokens),
+        lengths=train.lengths if stage.data.group_by_length else None,
+        generation_eval=generation_eval,
+        callbacks=[jsonl_logger(out / "log.jsonl"), *tensorboard_callbacks(recipe, out)],
+    )
+    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
+    metrics = dict(result.metrics)
+    if evaluation is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_state()
+
+    # FSDP / ZeRO-3 hold shards: gather the full weights (a collective: every process calls it).
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    model = save_stage_output(unwrapped, processor, out, lora=stage.lora is not None, write=processes.is_main_process, state_dict=state_dict)
+    if processes.is_main_process:
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    processes.wait_for_everyone()  # the next stage (on every process) starts from this one's output
+    return StageResult(name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
+
+
+def training_arguments(recipe: Recipe, stage: StageArgs, checkpoints: Path, *, has_eval: bool):
+    """The Trainer's arguments for one stage (creating them starts the process group when launched distributed)."""
+    from transformers import TrainingArguments
+
+    eval_strategy = "no" if not has_eval else ("steps" if stage.eval_steps else "epoch")
+    return TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=stage.epochs,
         max_steps=stage.max_steps,
@@ -226,41 +349,93 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
         save_total_limit=recipe.run.save_total_limit,
         seed=recipe.run.seed,
         data_seed=recipe.run.seed,
-        report_to=report_to(recipe),
+        report_to=[r for r in report_to(recipe) if r != "tensorboard"],  # ours: see tensorboard_callbacks
         remove_unused_columns=False,  # items are Samples, not feature dicts
         dataloader_num_workers=stage.data.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every vision/perceiver parameter is touched (modeling.py)
+        use_cpu=not torch.cuda.is_available(),  # accelerate starts a gloo group only for cpu=True (torchrun on CPUs)
         **precision_flags(recipe.run.precision),
     )
-    trainer_class, jsonl_logger = _trainer_class()
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=SampleCollator(processor, max_length=stage.data.max_tokens),
-        lengths=train.lengths if stage.data.group_by_length else None,
-        callbacks=[jsonl_logger(out / "log.jsonl")],
-    )
-    result = trainer.train(resume_from_checkpoint=True if resume_from else None)
-    metrics = dict(result.metrics)
-    if evaluation is not None:
-        metrics.update(trainer.evaluate())
-    trainer.save_state()
-
-    model = save_stage_output(trainer.model, processor, out, lora=stage.lora is not None)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    return StageResult(name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
 
 
-def save_stage_output(model, processor, out: Path, *, lora: bool):
-    """Adapters (LoRA stages) + the full model and processor in ``out/model``; returns the saved model."""
+def tensorboard_callbacks(recipe: Recipe, out: Path) -> list:
+    """TensorBoard events in RUN/STAGE/tensorboard (not transformers' runs/DATE_HOST default)."""
+    if "tensorboard" not in report_to(recipe):
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(out / "tensorboard")  # the writer is made on the main process at train begin
+    return [callback]
+
+
+class GenerationEval:
+    """Greedy answers to the first ``n`` held-out samples, scored with the harness's fast metrics
+    (`medmllm.eval.runner.fast_metrics`: task-appropriate text and label metrics, no judge).
+
+    Each sample is asked what precedes its last assistant turn; that turn is the reference.
+    Returns ``{"eval_gen/TASK/METRIC": value}`` so the numbers sit beside eval_loss in the logs.
+    """
+
+    def __init__(self, dataset: SampleDataset, processor, n: int, max_new_tokens: int, batch_size: int = 4):
+        self.items = [dataset[i] for i in range(min(n, len(dataset)))]
+        self.items = [item for item in self.items if last_assistant(item.sample) is not None]
+        self.processor, self.max_new_tokens, self.batch_size = processor, max_new_tokens, batch_size
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        from medmllm.eval.runner import fast_metrics
+
+        if not self.items:
+            return {}
+        was_training = model.training
+        model.eval()
+        predictions = []
+        for start in range(0, len(self.items), self.batch_size):
+            chunk = self.items[start : start + self.batch_size]
+            messages = [item.sample.to_messages(item.root, upto=last_assistant(item.sample)) for item in chunk]
+            batch = self.processor(messages, add_generation_prompt=True).to(model.device)
+            ids = model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                 pad_token_id=self.processor.pad_token_id, eos_token_id=self.processor.tokenizer.eos_token_id)
+            predictions += [text.strip() for text in self.processor.batch_decode(ids)]
+        model.train(was_training)
+        scores = fast_metrics(predictions, [item.sample for item in self.items])
+        return {f"eval_gen/{key}": value for key, value in scores.items()}
+
+
+def last_assistant(sample) -> int | None:
+    """Index of the sample's last assistant turn (the reference a generation is scored against)."""
+    indices = [i for i, turn in enumerate(sample.turns) if turn.role == "assistant"]
+    return indices[-1] if indices else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_stage_output(model, processor, out: Path, *, lora: bool, write: bool = True, state_dict: dict | None = None):
+    """Adapters (LoRA stages) + the full model and processor in ``out/model``; returns the saved
+    (merged) model. ``write=False`` (processes other than the main one) only merges.
+    ``state_dict``: the full weights when the model is sharded (FSDP, ZeRO-3), gathered by
+    ``accelerator.get_state_dict`` on every process.
+
+    The model folder is written beside its final place and renamed, so a stage folder never holds
+    half a model."""
     if lora:
-        model.save_pretrained(out / "adapter")  # peft: adapters and their config only
+        if write:
+            model.save_pretrained(out / "adapter", state_dict=state_dict)  # peft keeps the adapter weights only
         model = model.merge_and_unload()
-    model.save_pretrained(out / "model")
-    processor.save_pretrained(out / "model")
+        state_dict = None  # merged: the module's own weights
+    if write:
+        staging = out / ".model.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, state_dict=state_dict)
+        processor.save_pretrained(staging)
+        shutil.rmtree(out / "model", ignore_errors=True)
+        os.replace(staging, out / "model")
     return model
 
 
@@ -270,7 +445,8 @@ def run_recipe(recipe: Recipe, *, stage: str | None = None, resume: bool = False
     names = [recipe.stage(stage).name] if stage else [s.name for s in recipe.stages]
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    if int(os.environ.get("RANK", "0")) == 0:  # launched distributed: only the first process writes
+        write_atomic(out / "recipe.json", recipe.model_dump_json(indent=2) + "\n")
     results = []
     for name in names:
         folder = stage_dir(recipe, name)
