@@ -15,6 +15,7 @@ from medmllm.cli.demo import demo
 from medmllm.cli.eval import app as eval_app
 from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
+from medmllm.cli.serve import app as serve_app
 from medmllm.cli.train import app as train_app
 from medmllm.errors import MedMLLMError
 
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(serve_app, name="serve")
 app.command("demo")(demo)
 
 

@@ -16,6 +16,7 @@ import typer
 from medmllm.cli.eval_commands.compare import compare_command
 from medmllm.cli.eval_commands.judge import judge_command
 from medmllm.cli.eval_commands.label import label_command
+from medmllm.cli.eval_commands.ratings import ratings_command
 from medmllm.cli.eval_commands.run import run_command
 from medmllm.cli.eval_commands.score import score_command
 
@@ -31,3 +32,4 @@ app.command("score")(score_command)
 app.command("label")(label_command)
 app.command("judge")(judge_command)
 app.command("compare")(compare_command)
+app.command("ratings")(ratings_command)

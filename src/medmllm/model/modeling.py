@@ -74,6 +74,13 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         # post_init's weight initialisation touches only the modules above.
         self.language_model = language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        # FSDP (accelerate's transformer-based auto wrap) and device maps read _no_split_modules:
+        # add the LLM's decoder layers and an HF vision tower's blocks to our own ViT/perceiver blocks.
+        self._no_split_modules = list(dict.fromkeys([
+            *type(self)._no_split_modules,
+            *(getattr(self.language_model, "_no_split_modules", None) or []),
+            *(getattr(getattr(self.vision_encoder, "model", None), "_no_split_modules", None) or []),
+        ]))
         if self.language_model.config._attn_implementation is None:
             # A ready LLM shares its config object with ours, and building the composite config
             # resets the sub-config's attention choice; without one the LLM would ignore masks.
@@ -135,10 +142,15 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
             batch = torch.stack([pixel_values[index[k, 0], index[k, 1], :, :d, :h, :w] for k in rows]).to(dtype)
             tokens = self.perceiver(self.vision_encoder(batch))
             out[rows] = self.projector(tokens)
-        if self.exam_embedding is not None and image_exam_index is not None:
-            exams = image_exam_index[image_mask].clamp(0, self.config.max_exams - 1)
-            out = out + self.exam_embedding(exams)[:, None, :]
-        return out
+        return self.add_exam_embedding(out, image_mask, image_exam_index)
+
+    def add_exam_embedding(self, visual: torch.Tensor, image_mask: torch.Tensor | None, image_exam_index: torch.Tensor | None) -> torch.Tensor:
+        """``visual`` (n_images, L, E) plus each image's exam-order embedding (unchanged when the
+        model has none or ``image_exam_index`` (B, N) is None)."""
+        if self.exam_embedding is None or image_exam_index is None or image_mask is None:
+            return visual
+        exams = image_exam_index[image_mask].clamp(0, self.config.max_exams - 1)
+        return visual + self.exam_embedding(exams)[:, None, :]
 
     def embed(
         self,
@@ -147,15 +159,25 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         image_mask: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         image_exam_index: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings (B, S, E) with every image's visual tokens written into its place."""
+        """Token embeddings (B, S, E) with every image's visual tokens written into its place.
+
+        ``image_features`` (n_images, L, E): visual tokens computed earlier with
+        ``encode_images(..., image_exam_index=None)`` (e.g. cached by a server), in the order
+        ``encode_images`` gives; used instead of ``pixel_values``. The exam-order embedding is
+        still added from ``image_mask`` and ``image_exam_index`` when given.
+        """
         embeds = self.get_input_embeddings()(input_ids)
         patch_id = self.config.image_patch_token_id
         slots = input_ids == patch_id if patch_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
         n_slots = int(slots.sum())
-        has_images = pixel_values is not None and image_mask is not None and bool(image_mask.any())
+        has_images = image_features is not None or (pixel_values is not None and image_mask is not None and bool(image_mask.any()))
         if has_images:
-            visual = self.encode_images(pixel_values, image_mask, image_sizes, image_exam_index)
+            if image_features is not None:
+                visual = self.add_exam_embedding(image_features, image_mask, image_exam_index)
+            else:
+                visual = self.encode_images(pixel_values, image_mask, image_sizes, image_exam_index)
             if visual.shape[0] * visual.shape[1] != n_slots:
                 raise MedMLLMError(f"{visual.shape[0]} image(s) give {visual.shape[0] * visual.shape[1]} visual tokens "
                                    f"but the text has {n_slots} <image_patch> positions; build inputs with MedMLLMProcessor")
@@ -218,15 +240,17 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels=None,
         loss_weights=None,
+        image_features: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """Visual features are computed once; the LLM then decodes with its KV cache.
+        """Visual features are computed once (or passed precomputed as ``image_features``, see
+        `embed`); the LLM then decodes with its KV cache.
 
         Returns only the new tokens (B, new), like a decoder-only model given ``inputs_embeds``.
         Batches must be left-padded (the processor does so with ``add_generation_prompt=True``).
         """
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values, image_mask, image_sizes, image_exam_index)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_mask, image_sizes, image_exam_index, image_features)
         return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
 
 

@@ -1,0 +1,103 @@
+"""A real server for the serve tests: the ``tiny`` preset saved to a folder, uvicorn in a thread.
+
+``served`` (session scope) gives ``(base_url, api_key, data_dir)``; the model id is the folder
+name, `MODEL_ID`. The limits are small so that 413 is quick to provoke.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+MODEL_ID = "tiny-model"
+BODY_LIMIT = 2 * 2**20  # chat requests
+UPLOAD_LIMIT = 32 * 2**20
+
+
+class Served(NamedTuple):
+    base_url: str  # e.g. http://127.0.0.1:PORT (the OpenAI client wants base_url + "/v1")
+    api_key: str
+    data_dir: Path
+
+
+def save_tiny_model(folder: Path, **overrides) -> Path:
+    import torch
+
+    from medmllm.model.factory import build
+
+    torch.manual_seed(0)
+    model, processor = build("tiny", **overrides)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+class ServerThread:
+    """uvicorn on a free loopback port, in a daemon thread; `stop` shuts it down."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    import torch
+
+    from medmllm.serve.app import create_app
+    from medmllm.serve.auth import add_key
+    from medmllm.serve.engine import EngineConfig
+    from medmllm.serve.limits import Limits
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("served")
+    model_dir = save_tiny_model(root / MODEL_ID)
+    key = add_key(root / "keys.txt", "tests")
+    app = create_app(
+        model_dir, api_keys=root / "keys.txt", data_dir=root / "data",
+        limits=Limits(max_body_bytes=BODY_LIMIT, max_upload_bytes=UPLOAD_LIMIT, max_unzipped_bytes=4 * UPLOAD_LIMIT),
+        engine_config=EngineConfig(max_batch_size=8, batch_wait_ms=20, request_timeout_s=120),
+    )
+    server = ServerThread(app)
+    yield Served(server.base_url, key, root / "data")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(served):
+    """The real OpenAI client, pointed at the test server."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=served.base_url + "/v1", api_key=served.api_key, max_retries=0, timeout=120)
+
+
+def png_data_uri(seed: int = 0, size: int = 48) -> str:
+    """A grey PNG as a data URI."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
