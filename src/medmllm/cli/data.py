@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from medmllm.cli.data_reformat import reformat, review, review_import, review_summary
+
 app = typer.Typer(help="Data: import/export formats, de-identify, deduplicate, statistics, build stage datasets.", no_args_is_help=True)
 
 
@@ -170,3 +172,9 @@ def build_(
 
     report = build(recipe, force=force, log=lambda line: typer.echo(line))
     typer.echo(f"done in {report['seconds']} s; dropped {report['dropped'] or 'nothing'}; report.html and report.json written")
+
+
+app.command("reformat")(reformat)
+app.command("review")(review)
+app.command("review-import")(review_import)
+app.command("review-summary")(review_summary)
