@@ -16,6 +16,7 @@ from medmllm.cli.eval import app as eval_app
 from medmllm.cli.models import app as models_app
 from medmllm.cli.scan import app as scan_app
 from medmllm.cli.serve import app as serve_app
+from medmllm.cli.synth import app as synth_app
 from medmllm.cli.train import app as train_app
 from medmllm.errors import MedMLLMError
 
@@ -32,6 +33,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(serve_app, name="serve")
+app.add_typer(synth_app, name="synth")
 app.command("demo")(demo)
 
 

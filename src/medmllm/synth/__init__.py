@@ -1,0 +1,1 @@
+"""Synthetic data: procedural phantoms with inserted findings, and MiniRad (docs/minirad.md)."""
