@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from results import replace_section  # benchmarks/results.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD_CT = REPO.parent / "shared/data/scans/head_ct.nii.gz"
@@ -241,7 +242,7 @@ def main() -> None:
     text = report(environment(), rows, args)
     print(text)
     if args.write:
-        args.write.write_text(text + "\n")
+        replace_section(args.write, "# Scan preparation benchmark", text)
 
 
 if __name__ == "__main__":
