@@ -105,7 +105,7 @@ async def load(base_url: str, clients: int, total: int, max_tokens: int) -> dict
     latencies.sort()
     return {"clients": clients, "requests": total, "wall_s": wall, "rps": total / wall, "tokens_per_s": tokens / wall,
             "tokens": tokens, "p50_s": statistics.median(latencies), "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-            "max_batch_seen": stats["max_batch_size_seen"]}
+            "max_batch_seen": stats["max_batch_size_seen"], "batch_sizes": stats["batch_sizes"]}
 
 
 def run_server(args, batch: int, port: int) -> subprocess.Popen:

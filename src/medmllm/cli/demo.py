@@ -1,8 +1,9 @@
-"""``medmllm demo``: the most end-to-end path that exists so far.
+"""``medmllm demo`` (what ``make demo`` runs): the toolkit end to end.
 
-Today (scans stage): read the real scans, print what they are, write previews, prepare them with
-the papers' recipes, write the head CT as a DICOM series with shuffled names, de-identify it, and
-read it back. Later issues extend this to training, evaluation and serving.
+First a tour of the scans stage on the real scans (read, previews, the papers' recipes, a DICOM
+round trip with de-identification), then `medmllm.demo.run_demo`: MiniRad, P2Med's three
+training stages, evaluation of the trained, untrained and blind models with 95% CIs, and how to
+serve the result. ``--scans-only`` stops after the tour.
 """
 
 from __future__ import annotations
@@ -20,8 +21,27 @@ DEFAULT_SCANS = Path("../shared/data/scans")
 def demo(
     out: Path = typer.Option(Path("demo-out"), "-o", "--out", help="Folder for everything the demo writes."),
     scans: Path = typer.Option(DEFAULT_SCANS, "--scans", help="Folder with head_ct.nii.gz and brain_t1_mri.nii.gz."),
+    n: int = typer.Option(2000, "--n", min=100, help="MiniRad samples to synthesise (train split -> stages; val + test -> benchmark)."),
+    seed: int = typer.Option(0, "--seed", help="MiniRad and training seed."),
+    mrc: bool = typer.Option(True, "--mrc/--no-mrc", help="Follow-up exams as multi-round conversations (P2Med), or one exam per sample."),
+    recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
+    scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
-    """Run the toolkit end to end on real scans and write what it makes under OUT."""
+    """Run the toolkit end to end and write what it makes under OUT."""
+    scans_tour(out, scans)
+    if scans_only:
+        return
+    from medmllm.demo import DEMO_RECIPE, DemoConfig, run_demo, summary_markdown
+
+    summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo))
+    typer.echo(summary_markdown(summary))
+    typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")
+    typer.echo(f"Talk to the trained model:\n  medmllm serve keys add {out}/keys.txt\n"
+               f"  medmllm serve --model {summary['models']['trained']} --api-keys {out}/keys.txt   # then http://127.0.0.1:8000/ui/clinician")
+
+
+def scans_tour(out: Path, scans: Path) -> None:
+    """Step 1 of the demo: the scans stage on real scans."""
     import numpy as np
     from rich.console import Console
 
