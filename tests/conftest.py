@@ -58,3 +58,15 @@ def head_ct(head_ct_path):
     from medmllm.scans import read
 
     return read(head_ct_path)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module: tiny matrices are faster on one, and 2 shared cores
+    oversubscribed are ~100x slower. Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

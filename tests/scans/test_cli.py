@@ -99,9 +99,10 @@ def test_prepare_command_writes_a_model_ready_nifti(tmp_path, head_ct_path):
     assert bad.returncode == 1 and "unknown recipe 'radfm-4d'" in bad.stderr and not (tmp_path / "x.nii.gz").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, head_ct_path):
+def test_demo_scans_tour_runs_end_to_end(tmp_path, head_ct_path):
+    """The scans part of `medmllm demo` (the rest is tests/demo, on the tiny preset)."""
     out = tmp_path / "demo"
-    proc = run("demo", "-o", out, "--scans", head_ct_path.parent)
+    proc = run("demo", "-o", out, "--scans", head_ct_path.parent, "--scans-only")
     assert "pixels unchanged: True" in proc.stdout and "max |HU difference| = 0" in proc.stdout
     for name in ("head_ct_brain_window.png", "brain_t1_mri.png", "head_ct_p2med-ct.nii.gz", "head_ct_radfm-3d.nii.gz"):
         assert (out / name).stat().st_size > 1000

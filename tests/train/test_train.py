@@ -25,13 +25,7 @@ PROMPT = "Please caption this scan with findings."
 REPORTS = ["The lungs are clear.", "Patchy consolidation in the right lower lobe.", "The heart size is normal."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: one thread is faster, and 2 shared cores oversubscribed are ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def sample(i: int, report: str, image: str | None = None, weight: float | None = None) -> dict:
