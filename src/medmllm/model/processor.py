@@ -306,12 +306,13 @@ class MedMLLMProcessor:
         images = self._image_batch([r.images for r in rendered])
         return BatchFeature({**self._pad(text, side), **images})
 
-    def count_tokens(self, sample: Sequence[Mapping], describe_exams: bool | None = None) -> int:
+    def count_tokens(self, sample: Sequence[Mapping], describe_exams: bool | None = None, add_generation_prompt: bool = False) -> int:
         """Tokens of one sample (a list of messages) as the processor would write it, image
         tokens included, without reading any image: what the length-grouped sampler and the
-        ``max_tokens`` filter need for a whole dataset before training starts."""
+        ``max_tokens`` filter need for a whole dataset before training starts, and what a server
+        checks against the context before it queues a request. Invalid messages raise as in ``__call__``."""
         describe = self.describe_exams if describe_exams is None else describe_exams
-        rendered = self._render_sample(sample, 0, describe, False)
+        rendered = self._render_sample(sample, 0, describe, add_generation_prompt)
         return len(self.tokenizer(rendered.text, add_special_tokens=not self.has_chat_template)["input_ids"])
 
     # ------------------------------------------------------------------------------- rendering

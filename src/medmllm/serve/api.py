@@ -218,10 +218,12 @@ def build_prompt(messages: list[ChatMessage], state: ServerState, max_tokens: in
                 raise HTTPException(400, f"{where}: type {kind!r} is not supported (text, image_url, study)")
         out.append({"role": role, "content": parts})
     context = getattr(state.model.config.text_config, "max_position_embeddings", None)
-    try:  # the engine tokenizes again in its batch; this catches bad conversations and long prompts early
-        state.processor([out], add_generation_prompt=True, max_length=context - max_tokens if context else None)
+    try:  # bad conversations and long prompts fail here, early; counting reads no image (the engine prepares the batch)
+        tokens = state.processor.count_tokens(out, add_generation_prompt=True)
     except MedMLLMError as e:
         raise HTTPException(400, str(e)) from None
+    if context and tokens > context - max_tokens:
+        raise HTTPException(400, f"the prompt has {tokens} tokens; with max_tokens={max_tokens} that is more than the model's context of {context}")
     return Prompt(out, images)
 
 
