@@ -70,3 +70,16 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def save_tiny_model(folder: Path, **overrides) -> Path:
+    """The ``tiny`` preset (random weights, seeded) saved with its processor into ``folder``."""
+    import torch
+
+    from medmllm.model.factory import build
+
+    torch.manual_seed(0)
+    model, processor = build("tiny", **overrides)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

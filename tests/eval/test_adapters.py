@@ -13,17 +13,11 @@ from medmllm.data.formats import import_samples
 from medmllm.eval.adapters import HFVisionAdapter, OpenAIAdapter, question_messages, scan_image
 from medmllm.eval.runner import run_eval
 from tests.conftest import shared_scan
-from tests.eval.bench_fixture import make_bench
 from tests.eval.fake_openai import FakeOpenAI, HTTPError
 
 _CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
          "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}"
          "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
-    return make_bench(tmp_path_factory.mktemp("bench"), shared_scan("head_ct.nii.gz"), shared_scan("brain_t1_mri.nii.gz"))
 
 
 @pytest.fixture(scope="module")

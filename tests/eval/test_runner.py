@@ -13,26 +13,13 @@ from medmllm.cli import app
 from medmllm.errors import MedMLLMError
 from medmllm.eval.adapters import Adapter, MedMLLMAdapter
 from medmllm.eval.runner import read_predictions, run_eval
-from tests.conftest import shared_scan
-from tests.eval.bench_fixture import make_bench
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
-    return make_bench(tmp_path_factory.mktemp("bench"), shared_scan("head_ct.nii.gz"), shared_scan("brain_t1_mri.nii.gz"))
+from tests.conftest import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from medmllm.model.factory import build
-
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    model, processor = build("tiny")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def _lines(path: Path) -> list[dict]:

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.conftest import save_tiny_model
+
 MODEL_ID = "tiny-model"
 BODY_LIMIT = 2 * 2**20  # chat requests
 UPLOAD_LIMIT = 32 * 2**20
@@ -22,18 +24,6 @@ class Served(NamedTuple):
     base_url: str  # e.g. http://127.0.0.1:PORT (the OpenAI client wants base_url + "/v1")
     api_key: str
     data_dir: Path
-
-
-def save_tiny_model(folder: Path, **overrides) -> Path:
-    import torch
-
-    from medmllm.model.factory import build
-
-    torch.manual_seed(0)
-    model, processor = build("tiny", **overrides)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 class ServerThread:

@@ -10,24 +10,13 @@ import ipaddress
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 
+from medmllm.cli.groups import DefaultRunGroup
+from medmllm.cli.serve_ratings import raters_app, ratings_app
 from medmllm.errors import MedMLLMError
 
-
-class _DefaultRunGroup(TyperGroup):
-    """``medmllm serve --model DIR`` runs the server; ``medmllm serve keys ...`` manages keys."""
-
-    default_command = "run"
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_DefaultRunGroup,
+    cls=DefaultRunGroup,
     help="Serve a model (OpenAI-compatible API, study uploads, web pages), or manage API keys.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -36,8 +25,6 @@ app = typer.Typer(
 keys_app = typer.Typer(help="API keys: the server stores only their SHA-256 hashes.", no_args_is_help=True,
                        pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(keys_app, name="keys")
-from medmllm.cli.serve_ratings import raters_app, ratings_app  # noqa: E402
-
 app.add_typer(raters_app, name="raters")
 app.add_typer(ratings_app, name="ratings")
 

@@ -9,23 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from typer.core import TyperGroup
 
-
-class _DefaultRunGroup(TyperGroup):
-    """A group whose first argument, when it is no sub-command name, goes to ``run``: so that
-    ``medmllm train RECIPE.yaml`` works beside ``medmllm train export ...``."""
-
-    default_command = "run"
-
-    def parse_args(self, ctx, args):
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
-
+from medmllm.cli.groups import DefaultRunGroup
 
 app = typer.Typer(
-    cls=_DefaultRunGroup,
+    cls=DefaultRunGroup,
     help="Train a model from a recipe (RECIPE.yaml), or export a trained run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
