@@ -45,7 +45,7 @@ from results import machine, replace_section  # noqa: E402  (benchmarks/results.
 
 from medmllm.train import parse_recipe  # noqa: E402
 from medmllm.train.dataset import SampleDataset  # noqa: E402
-from medmllm.train.trainer import load_start, run_stage  # noqa: E402
+from medmllm.train.trainer import run_stage  # noqa: E402
 
 SECTION = "# Training benchmark"
 HEAD_CT = REPO.parent / "shared" / "data" / "scans" / "head_ct.nii.gz"
@@ -97,12 +97,11 @@ def ours(preset: str, train: Path, out: Path, name: str, steps: int) -> dict:
     if name == "instruct":
         stage["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
     recipe = stage_recipe(preset, train, out, stage)
-    _, processor = load_start(recipe, 0)
-    dataset = SampleDataset(train)
-    dataset.measure(processor, 512)
     started = time.perf_counter()
-    result = run_stage(recipe, name)
+    result = run_stage(recipe, name, keep_model=True)
     wall = time.perf_counter() - started
+    dataset = SampleDataset(train)
+    dataset.measure(result.processor, 512)  # the lengths the stage trained on (image tokens included)
     per_second = result.metrics["train_samples_per_second"]
     return {"name": name, "samples_per_s": per_second, "tokens_per_s": per_second * float(np.mean(dataset.lengths)),
             "mean_tokens": float(np.mean(dataset.lengths)), "runtime_s": result.metrics["train_runtime"], "wall_s": wall}

@@ -78,22 +78,17 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``blind``: the same samples with their images removed (the text-only comparison model).
     ``source``: the folder the samples' image paths are relative to (default ``folder``).
     """
-    from medmllm.data.curate.balance import balance_by_category, balance_by_task
+    from collections import Counter
+
+    from medmllm.data.curate.balance import balance_by_category, balance_by_task, diseases_of
     from medmllm.data.io import write_samples
 
     folder.mkdir(parents=True, exist_ok=True)
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
-    counts: dict[str, int] = {}
-    for s in train:
-        counts[s.task] = counts.get(s.task, 0) + 1
-    per_task = sorted(counts.values())[len(counts) // 2]  # the median task size: small tasks keep all theirs
+    counts = sorted(Counter(s.task for s in train).values())
+    per_task = counts[len(counts) // 2]  # the median task size: small tasks keep all theirs
     task_balanced, _ = balance_by_task(train, per_task, seed)
-
-    def categories(sample: Sample) -> list[str]:
-        diseases = sample.labels.get("diseases") or []
-        return list(diseases) if diseases else ["normal"]
-
-    disease_balanced, _ = balance_by_category(train, categories, cap=max(20, len(train) // 12), seed=seed)
+    disease_balanced, _ = balance_by_category(train, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(train) // 12), seed=seed)
     stages = {"knowledge": knowledge, "task-balanced": task_balanced, "disease-balanced": disease_balanced}
     paths = {}
     for name, samples in stages.items():
@@ -143,6 +138,17 @@ def label_f1(eval_dir: Path, bench: Path) -> dict:
         return {"value": None, "ci95": [None, None], "n": len(pairs)}
     result = score([p for p, _ in pairs], [r for _, r in pairs], ["chexpert_f1"])["chexpert_micro_f1_5"]
     return {"value": result["value"], "ci95": result["ci95"], "n": len(pairs)}
+
+
+def on_datasets(recipe, output_dir: Path, datasets: dict[str, Path], *, lora_only: bool = False):
+    """A copy of ``recipe`` writing to ``output_dir``, each stage training on ``datasets[stage name]``
+    (no eval file: the demo evaluates afterwards); ``lora_only`` keeps the stages with LoRA."""
+    recipe = recipe.model_copy(deep=True)
+    recipe.run.output_dir = output_dir
+    recipe.stages = [s for s in recipe.stages if s.lora is not None or not lora_only]
+    for stage in recipe.stages:
+        stage.data.train, stage.data.eval = datasets[stage.name], None
+    return recipe
 
 
 def overlap(a: dict, b: dict) -> bool | None:
@@ -202,22 +208,13 @@ def run_demo(config: DemoConfig) -> dict:
         log(f"{name}: {len(path.read_text().splitlines())} samples -> {path}")
     done()
 
+    # A second `medmllm demo` continues (finished stages are skipped); delete OUT to start over.
     done = step("train (3 stages)")
-    recipe.run.output_dir = out / "run"
-    for stage in recipe.stages:
-        stage.data.train = seeing[stage.name]
-        stage.data.eval = None
-    results = run_recipe(recipe, resume=True)  # a second `medmllm demo` continues; delete OUT to start over
-    trained_dir = results[-1].model_dir
+    trained_dir = run_recipe(on_datasets(recipe, out / "run", seeing), resume=True)[-1].model_dir
     done()
 
     done = step("train the blind model (text only)")
-    blind_recipe = load_recipe(config.recipe)
-    blind_recipe.run.output_dir = out / "run-blind"
-    blind_recipe.stages = [s for s in blind_recipe.stages if s.lora is not None]  # without images only the LLM can learn
-    for stage in blind_recipe.stages:
-        stage.data.train = blind[stage.name]
-        stage.data.eval = None
+    blind_recipe = on_datasets(recipe, out / "run-blind", blind, lora_only=True)  # without images only the LLM can learn
     blind_dir = run_recipe(blind_recipe, resume=True)[-1].model_dir
     done()
 
@@ -282,4 +279,4 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DemoConfig", "benchmark", "headline", "rebase", "run_demo", "stage_datasets", "strip_images", "summary_markdown"]
+__all__ = ["DemoConfig", "benchmark", "headline", "on_datasets", "rebase", "run_demo", "stage_datasets", "strip_images", "summary_markdown"]

@@ -90,8 +90,8 @@ def _trainer_class():
 
         def _save(self, output_dir=None, state_dict=None):
             super()._save(output_dir, state_dict)
-            extra = trained_outside_adapters(self.model)
-            if extra and self.args.should_save:
+            extra = trained_outside_adapters(self.model) if self.args.should_save else {}
+            if extra:
                 from safetensors.torch import save_file
 
                 save_file(extra, os.path.join(output_dir or self.args.output_dir, TRAINED_OUTSIDE_ADAPTERS))
