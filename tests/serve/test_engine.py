@@ -111,6 +111,23 @@ def test_sampling_settings_are_batched_apart(tiny):
     assert stats["batch_sizes"] == {"1": 1, "2": 2} and stats["completed"] == 5
 
 
+@pytest.mark.parametrize("refill_wait_ms, sizes", [(0, {"4": 1, "1": 1, "3": 1}), (2000, {"4": 2})])
+def test_after_a_batch_of_n_the_next_waits_to_refill_n(tiny, refill_wait_ms, sizes):
+    """Clients of a batch come back one by one; with refill_wait_ms the early one does not leave alone."""
+
+    async def body(engine):
+        first = [engine.submit(text_prompt(f"Finding {k}?"), GREEDY) for k in range(4)]
+        await asyncio.gather(*(h.result() for h in first))
+        early = engine.submit(text_prompt("Effusion?"), GREEDY)
+        await asyncio.sleep(0.3)  # far longer than batch_wait_ms
+        late = [engine.submit(text_prompt(f"Nodule {k}?"), GREEDY) for k in range(3)]
+        await asyncio.gather(early.result(), *(h.result() for h in late))
+        return engine.stats()
+
+    stats = run_engine(tiny, EngineConfig(max_batch_size=4, batch_wait_ms=100, refill_wait_ms=refill_wait_ms), body)
+    assert stats["batch_sizes"] == dict(sorted(sizes.items())) and stats["completed"] == 8
+
+
 def blocked_engine_body(check):
     """Run ``check(engine)`` while the worker is held busy by a call that waits on an event."""
 

@@ -49,6 +49,8 @@ def run(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Requests decoded together in one generate call."),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", min=0, help="How long to collect requests for a batch."),
+    refill_wait_ms: float = typer.Option(50.0, "--refill-wait-ms", min=0,
+                                         help="After a batch of N, how long the next may wait to have N again (0: never)."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Queued requests beyond this get 429."),
     timeout_s: float = typer.Option(300.0, "--timeout", min=1, help="Seconds per request before 504."),
     max_upload_mib: int = typer.Option(512, "--max-upload-mib", min=1, help="Largest upload (413 above)."),
@@ -75,7 +77,7 @@ def run(
     if api_keys is not None:
         load_key_hashes(api_keys)  # a bad keys file is a one-line error before the model loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    engine = EngineConfig(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue, request_timeout_s=timeout_s)
+    engine = EngineConfig(max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, refill_wait_ms=refill_wait_ms, max_queue=max_queue, request_timeout_s=timeout_s)
     limits = Limits(max_upload_bytes=max_upload_mib * MiB, max_body_bytes=max_body_mib * MiB)
     server_app = create_app(model, api_keys=api_keys, data_dir=data_dir, limits=limits, engine_config=engine,
                             cors_origins=cors_origin or (), device=device)

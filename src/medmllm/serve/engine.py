@@ -10,7 +10,11 @@
 How a batch forms: the worker takes the oldest request, then for up to ``batch_wait_ms`` collects
 queued requests with the same sampling settings (greedy, or the same temperature and top_p) until
 ``max_batch_size``; while requests are still being prepared by the API (inside `preparing`: JSON
-parsed, images being decoded), it waits for them up to ``max_batch_wait_ms``. The batch is tokenized left-padded by the processor and decoded by ONE
+parsed, images being decoded), it waits for them up to ``max_batch_wait_ms``; and while it has
+fewer rows than the previous batch, up to ``refill_wait_ms``. The last rule is vLLM's scheduler
+delay in small: clients whose answers just came back send their next request a few milliseconds
+later, and one client whose short answer ended early would otherwise leave alone in a batch of
+one (a whole generate call, ~1.5 s for the demo model) and split the next batch in two. The batch is tokenized left-padded by the processor and decoded by ONE
 ``model.generate`` call with ``max_new_tokens`` = the largest ``max_tokens`` of the batch. A
 stopping criterion sees every new token of every row: it decodes the row's text, sends the new
 text to the row's request (streaming), and ends the row at its own ``max_tokens``, at EOS, at one
@@ -55,6 +59,7 @@ class EngineConfig:
     max_batch_size: int = 8  # rows in one generate call (1 = one request at a time)
     batch_wait_ms: float = 5.0  # how long the worker collects requests for a batch
     max_batch_wait_ms: float = 50.0  # ... and how long at most while requests are still being prepared (see `preparing`)
+    refill_wait_ms: float = 50.0  # after a batch of N, how long the next one may wait to have N again (0: never)
     max_queue: int = 64  # queued requests beyond this get QueueFullError (HTTP 429)
     request_timeout_s: float = 300.0  # from submission to the last token (HTTP 504 after)
     max_new_tokens: int = 2048  # the largest max_tokens a request may ask for
@@ -212,6 +217,7 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._preparing = 0  # requests received by the API and not yet submitted (images decoding ...)
+        self._last_batch_size = 0  # rows of the previous batch (see `refill_wait_ms`)
         self._stats = collections.Counter()
         self._batch_sizes: collections.Counter = collections.Counter()
 
@@ -317,21 +323,26 @@ class GenerationEngine:
             if isinstance(first, _Call):
                 return first
             batch, key = [first], first.params.batch_key()
+            config = self.config
             now = time.monotonic()
-            until = now + self.config.batch_wait_ms / 1000
-            until_preparing = now + max(self.config.batch_wait_ms, self.config.max_batch_wait_ms) / 1000
-            while len(batch) < self.config.max_batch_size and not self._stopping:
+            until = now + config.batch_wait_ms / 1000
+            until_preparing = now + max(config.batch_wait_ms, config.max_batch_wait_ms) / 1000
+            until_refilled = now + max(config.batch_wait_ms, config.refill_wait_ms) / 1000
+            refill = min(self._last_batch_size, config.max_batch_size)
+            while len(batch) < config.max_batch_size and not self._stopping:
                 for item in list(self._queue):
-                    if len(batch) >= self.config.max_batch_size:
+                    if len(batch) >= config.max_batch_size:
                         break
                     if isinstance(item, GenerationHandle) and item.params.batch_key() == key:
                         self._queue.remove(item)
                         if not self._drop_if_dead(item):
                             batch.append(item)
-                remaining = (until_preparing if self._preparing else until) - time.monotonic()
-                if remaining <= 0 or len(batch) >= self.config.max_batch_size:
+                deadline = max(until, until_preparing if self._preparing else until, until_refilled if len(batch) < refill else until)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or len(batch) >= config.max_batch_size:
                     break
                 self._cond.wait(remaining)
+            self._last_batch_size = len(batch)
             return batch
 
     def _drop_if_dead(self, handle: GenerationHandle) -> bool:
