@@ -68,6 +68,10 @@ class StageArgs(_Args):
     """One training stage. Defaults are P2Med's (Table VII, section V-B): Adam, cosine, warm-up 0.03."""
 
     name: str
+    # "language": next-token loss on the answers (every P2Med stage). "report-labels": the vision
+    # encoder alone learns the CheXpert observations of each image's report, a stand-in for a
+    # pretrained tower when it starts from random weights (medmllm.train.vision_warmup).
+    objective: Literal["language", "report-labels"] = "language"
     data: DataArgs = Field(default_factory=DataArgs)
     train: FreezeArgs = Field(default_factory=FreezeArgs)
     lora: LoraArgs | None = None
@@ -83,6 +87,12 @@ class StageArgs(_Args):
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, ge=0)  # 0 disables clipping
     eval_steps: int | None = Field(None, ge=1)  # None: evaluate once per epoch (when there is eval data)
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> StageArgs:
+        if self.objective == "report-labels" and self.lora is not None:
+            raise ValueError("a report-labels stage trains the vision encoder only; remove 'lora'")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -266,6 +266,8 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
     index = [s.name for s in recipe.stages].index(recipe.stage(name).name)
     stage = recipe.stages[index]
     out = stage_dir(recipe, name)
+    if stage.objective == "report-labels":
+        return run_vision_warmup(recipe, index, keep_model=keep_model)
     checkpoints = out / "checkpoints"
     resume_from = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
 
@@ -321,6 +323,32 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
         write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
     processes.wait_for_everyone()  # the next stage (on every process) starts from this one's output
     return StageResult(name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
+
+
+def run_vision_warmup(recipe: Recipe, index: int, *, keep_model: bool = False) -> StageResult:
+    """A ``report-labels`` stage (`medmllm.train.vision_warmup`): short, so never checkpointed; rerun whole."""
+    from transformers import set_seed
+
+    from medmllm.train.vision_warmup import run_report_label_stage
+
+    stage = recipe.stages[index]
+    out = stage_dir(recipe, stage.name)
+    main, started = int(os.environ.get("RANK", "0")) == 0, time.time()
+    if main:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    set_seed(recipe.run.seed)
+    model, processor = load_start(recipe, index)
+    log_path = out / "log.jsonl" if main else Path(os.devnull)
+    metrics = run_report_label_stage(model, processor, stage, recipe.run.seed, log_path, recipe.run.logging_steps)
+    logger.info("stage %s: %s", stage.name, metrics)
+    model = save_stage_output(model, processor, out, lora=False, write=main)
+    if main:
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    while not main and not ((out / DONE).exists() and (out / DONE).stat().st_mtime >= started):
+        time.sleep(0.5)  # launched distributed: the next stage starts from what the first process saves
+    return StageResult(stage.name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
 
 
 def training_arguments(recipe: Recipe, stage: StageArgs, checkpoints: Path, *, has_eval: bool):

@@ -1,0 +1,131 @@
+"""The report-labels stage: the vision encoder alone learns the observations of its reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from medmllm.errors import MedMLLMError
+from medmllm.train import parse_recipe
+from medmllm.train.trainer import run_recipe
+from medmllm.train.vision_warmup import auroc, labelled_images
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+EFFUSION, CLEAR = "[Findings] A large right pleural effusion. [Impression] Right pleural effusion.", "[Findings] The lungs are clear. [Impression] Normal."
+
+
+def report_sample(i: int, image: str, effusion: bool) -> dict:
+    user = {"role": "user", "content": [{"type": "image", "image": 0}, {"type": "text", "text": "Write the report."}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": EFFUSION if effusion else CLEAR}]}
+    return {"id": str(i), "task": "p2med/report-xray", "turns": [user, answer], "images": [{"path": image}]}
+
+
+def write_split(root: Path, name: str, n: int, seed: int) -> Path:
+    """n radiographs (32 x 32 PNG) and n/2 volumes (8 x 32 x 32 .npy); every other one has a bright
+    "effusion" at the bottom right and a report that says so."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n + n // 2):
+        effusion = i % 2 == 0
+        volume = i >= n
+        pixels = rng.normal(0.3, 0.1, (8, 32, 32) if volume else (32, 32)).astype(np.float32)
+        if effusion:
+            pixels[..., 20:30, 16:30] += 0.5
+        path = f"images/{name}-{i}." + ("npy" if volume else "png")
+        if volume:
+            np.save(root / path, pixels)
+        else:
+            Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(root / path)
+        rows.append(report_sample(i, path, effusion))
+    out = root / f"{name}.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warmup")
+    (root / "images").mkdir()
+    return write_split(root, "train", 48, 0), write_split(root, "eval", 24, 1)
+
+
+def warmup_recipe(out: Path, data: Path, eval: Path, **stage):
+    return parse_recipe({
+        "model": {"preset": "tiny"},
+        "run": {"output_dir": str(out), "save_steps": None, "logging_steps": 5, "report_to": [], "eval_generate": 0},
+        "stages": [
+            {"name": "see", "objective": "report-labels", "data": {"train": str(data), "eval": str(eval)}, "train": {"vision": True},
+             "epochs": 12, "learning_rate": 3e-3, "batch_size": 8, "warmup_ratio": 0.0, **stage},
+            {"name": "talk", "data": {"train": str(data)}, "train": {"perceiver": True}, "max_steps": 1, "batch_size": 2},
+        ],
+    })
+
+
+def test_labels_come_from_the_report_after_each_image(splits):
+    items = labelled_images(splits[0])
+    assert len(items) == 72
+    from medmllm.eval.labeler.chexpert import OBSERVATIONS
+
+    effusion, no_finding = OBSERVATIONS.index("Pleural Effusion"), OBSERVATIONS.index("No Finding")
+    assert [labels[effusion] for _, labels, _ in items[:4]] == [1.0, 0.0, 1.0, 0.0]
+    assert [labels[no_finding] for _, labels, _ in items[:2]] == [0.0, 1.0]
+    assert items[0][2] == EFFUSION
+
+
+@pytest.mark.parametrize("perceiver", [False, True])
+def test_the_encoder_learns_to_see_the_finding_and_only_the_vision_path_changes(splits, tmp_path, perceiver):
+    from transformers import set_seed
+
+    from medmllm.model.factory import build
+
+    train, eval = splits
+    set_seed(42)
+    start, _ = build("tiny")
+    results = run_recipe(warmup_recipe(tmp_path / "run", train, eval, train={"vision": True, "perceiver": perceiver}), keep_model=True)
+    metrics = results[0].metrics
+    # Held-out images: the bright region is found in both radiographs and volumes.
+    assert metrics["eval_auroc/2d/Pleural Effusion"] > 0.9 and metrics["eval_auroc/3d/Pleural Effusion"] > 0.9, metrics
+    saved = results[0].model.state_dict()
+    changed = {k.split(".")[0] for k, v in start.state_dict().items() if not torch.equal(v, saved[k])}
+    assert changed == ({"vision_encoder", "perceiver", "projector"} if perceiver else {"vision_encoder"})
+    log = [json.loads(line) for line in (results[0].output_dir / "log.jsonl").read_text().splitlines()]
+    phases = ["labels", "impression"] if perceiver else ["labels"]
+    assert sorted({row["phase"] for row in log}) == sorted(phases)
+    for phase in phases:  # each phase lowers its loss
+        assert metrics[f"{phase}_loss"] < metrics[f"{phase}_loss_first"], metrics
+    assert (results[1].output_dir / "DONE").exists()  # the language stage starts from the warmed-up model
+
+
+def test_report_labels_with_lora_or_without_vision_is_refused(splits, tmp_path):
+    train, eval = splits
+    with pytest.raises(MedMLLMError, match="trains the vision encoder only"):
+        parse_recipe({"stages": [{"name": "s", "objective": "report-labels", "data": {"train": str(train)}, "lora": {}}]}, "r.yaml")
+    with pytest.raises(MedMLLMError, match="set train.vision: true"):
+        run_recipe(warmup_recipe(tmp_path / "run", train, eval, train={"vision": False, "perceiver": True}))
+
+
+def test_impression_targets_are_the_llms_embeddings_of_the_impression():
+    from medmllm.model.factory import build
+    from medmllm.train.vision_warmup import impression_embeddings
+
+    model, processor = build("tiny")
+    targets, mask = impression_embeddings(model, processor, [EFFUSION, "no impression section"])
+    ids = processor.tokenizer("Right pleural effusion.", add_special_tokens=False)["input_ids"][: model.config.num_latents]
+    table = model.language_model.get_input_embeddings().weight
+    torch.testing.assert_close(targets[0, : len(ids)], table[ids].detach())
+    assert mask[0].sum() == len(ids) and mask[1].sum() > 0
+
+
+def test_auroc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200).astype(float)
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # rounded: many ties
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert auroc(np.ones(5), np.arange(5.0)) is None
