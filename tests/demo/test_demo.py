@@ -71,7 +71,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
                    {"name": "task-balanced", "data": {"train": "t.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage},
                    {"name": "disease-balanced", "data": {"train": "d.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage}]}))
     lines: list[str] = []
-    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limit=12, max_new_tokens=8, log=lines.append))
+    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": 12, "reports": 12}, max_new_tokens=8, log=lines.append))
     out = tmp_path / "out"
     assert set(summary["numbers"]) == {"trained", "untrained", "blind"}
     for name in ("trained", "untrained", "blind"):
