@@ -198,6 +198,16 @@ def test_sixteen_concurrent_clients_are_all_answered_in_batches(served, client):
     assert after["max_batch_size_seen"] >= 2
 
 
+def stats_after_a_cancel(served, before: dict) -> dict:
+    """The engine's counters once it has counted one more cancellation than ``before`` (or after 5 s)."""
+    for _ in range(100):
+        after = httpx.get(f"{served.base_url}/v1/engine/stats", headers=auth(served)).json()
+        if after["cancelled"] > before["cancelled"]:
+            break
+        time.sleep(0.05)
+    return after
+
+
 def test_a_client_that_disconnects_mid_stream_is_cancelled(served):
     before = httpx.get(f"{served.base_url}/v1/engine/stats", headers=auth(served)).json()
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Describe"}], "max_tokens": 2000, "temperature": 0, "stream": True}
@@ -206,11 +216,7 @@ def test_a_client_that_disconnects_mid_stream_is_cancelled(served):
         for line in response.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
                 break  # one real token arrived: hang up
-    for _ in range(100):
-        after = httpx.get(f"{served.base_url}/v1/engine/stats", headers=auth(served)).json()
-        if after["cancelled"] > before["cancelled"]:
-            break
-        time.sleep(0.05)
+    after = stats_after_a_cancel(served, before)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["generated_tokens"] - before["generated_tokens"] < 2000
 
@@ -220,10 +226,6 @@ def test_a_client_that_gives_up_waiting_is_cancelled(served):
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Describe"}], "max_tokens": 2000, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{served.base_url}/v1/chat/completions", json=body, headers=auth(served), timeout=httpx.Timeout(5, read=0.3))
-    for _ in range(100):
-        after = httpx.get(f"{served.base_url}/v1/engine/stats", headers=auth(served)).json()
-        if after["cancelled"] > before["cancelled"]:
-            break
-        time.sleep(0.05)
+    after = stats_after_a_cancel(served, before)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["generated_tokens"] - before["generated_tokens"] < 2000

@@ -337,7 +337,11 @@ class GenerationEngine:
                         self._queue.remove(item)
                         if not self._drop_if_dead(item):
                             batch.append(item)
-                deadline = max(until, until_preparing if self._preparing else until, until_refilled if len(batch) < refill else until)
+                deadline = until
+                if self._preparing:
+                    deadline = max(deadline, until_preparing)
+                if len(batch) < refill:
+                    deadline = max(deadline, until_refilled)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or len(batch) >= config.max_batch_size:
                     break

@@ -319,8 +319,7 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     model = save_stage_output(unwrapped, processor, out, lora=stage.lora is not None, write=processes.is_main_process, state_dict=state_dict)
     if processes.is_main_process:
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        mark_done(out, metrics)
     processes.wait_for_everyone()  # the next stage (on every process) starts from this one's output
     return StageResult(name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
 
@@ -344,8 +343,7 @@ def run_vision_warmup(recipe: Recipe, index: int, *, keep_model: bool = False) -
     logger.info("stage %s: %s", stage.name, metrics)
     model = save_stage_output(model, processor, out, lora=False, write=main)
     if main:
-        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        mark_done(out, metrics)
     while not main and not ((out / DONE).exists() and (out / DONE).stat().st_mtime >= started):
         time.sleep(0.5)  # launched distributed: the next stage starts from what the first process saves
     return StageResult(stage.name, out, out / "model", metrics, model if keep_model else None, processor if keep_model else None)
@@ -442,6 +440,12 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def mark_done(out: Path, metrics: dict) -> None:
+    """A stage's metrics.json, then its DONE marker (written last: --resume skips a stage that has it)."""
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
 
 def save_stage_output(model, processor, out: Path, *, lora: bool, write: bool = True, state_dict: dict | None = None):

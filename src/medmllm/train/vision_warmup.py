@@ -134,7 +134,8 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
     device = next(model.parameters()).device
     encoder = model.vision_encoder
     heads = ReportLabelHeads(encoder.hidden_size, len(OBSERVATIONS)).to(device)
-    model.requires_grad_(False)
+    model.requires_grad_(False)  # each phase switches on what it trains, and off again
+    encoder.train()
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         def labels_loss(x, batch):
@@ -154,7 +155,6 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
             encoder.eval()
             params = [*model.perceiver.parameters(), *model.projector.parameters()]
             metrics.update(_fit("impression", impression_loss, params, pixels, stage, rng, log, logging_steps))
-    model.requires_grad_(False)
     model.eval()
     metrics.update({"train_runtime": round(time.perf_counter() - started, 1), "train_images": len(train)})
     if stage.data.eval is not None:
