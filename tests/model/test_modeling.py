@@ -271,3 +271,21 @@ def test_a_ready_llm_keeps_masked_attention_and_matches_a_reload(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+@pytest.mark.parametrize("vision", ["vit3d", "clip"])
+def test_forward_backward_and_generate_under_bf16_autocast(vision):
+    # Mixed precision (run.precision auto/bf16, GPU or CPU) runs the projector in bf16 while the
+    # visual-token buffer is fp32: that index-put once failed with a dtype error.
+    model = tiny(vision=vision).train()
+    channels = VISION[vision][2]
+    inputs = batch([(SAMPLE, [1]), ([5, *image_group(), 6], [4])], channels=channels)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**inputs, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.perceiver.latents.grad is not None
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(**batch([(SAMPLE, [1])], channels=channels), max_new_tokens=3, do_sample=False)
+    assert out.shape[-1] == 3

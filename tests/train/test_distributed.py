@@ -55,7 +55,7 @@ def write_recipe(path: Path, data: Path, out: Path, *, batch_size: int, max_step
     if lora:
         stage["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1}  # dropout: the resumed run must restore the RNG too
     recipe = {"model": {"preset": "tiny"}, "data": {"train": str(data / "train.jsonl")},
-              "run": {"output_dir": str(out), "save_steps": save_steps, "save_total_limit": 2, "logging_steps": 1, "report_to": []},
+              "run": {"output_dir": str(out), "precision": "fp32", "save_steps": save_steps, "save_total_limit": 2, "logging_steps": 1, "report_to": []},
               "stages": [stage]}
     path.write_text(json.dumps(recipe))  # YAML is a superset of JSON
     return path

@@ -16,9 +16,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medmllm.errors import MedMLLMError
+from medmllm.model.precision import cpu_has_native_bf16
 from medmllm.train import load_recipe, parse_recipe
 from medmllm.train.dataset import LengthGroupedSampler, SampleCollator, SampleDataset, count_image_tokens, sample_length
-from medmllm.train.trainer import learned_weight, load_model, run_recipe
+from medmllm.train.trainer import learned_weight, load_model, precision_flags, run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "Please caption this scan with findings."
@@ -56,7 +57,7 @@ def make_recipe(out: Path, train: Path, stages: list[dict], eval: Path | None = 
     return parse_recipe({
         "model": {"preset": "tiny"},
         "data": {"train": str(train), **({"eval": str(eval)} if eval else {})},
-        "run": {"output_dir": str(out), "save_steps": None, "logging_steps": 1, "report_to": [], "eval_generate": 0, **run},
+        "run": {"output_dir": str(out), "precision": "fp32", "save_steps": None, "logging_steps": 1, "report_to": [], "eval_generate": 0, **run},
         "stages": stages,
     })
 
@@ -95,6 +96,28 @@ def test_tiny_overfits_a_mixed_2d_3d_text_batch_and_generates_the_report(data, t
     log = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
     assert sum("loss" in row for row in log) == 60 and log[0]["step"] == 1  # one line per logging step
     assert (result.output_dir / "DONE").exists()
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16: run.precision auto stays fp32 here")
+def test_auto_precision_trains_in_bf16_autocast_on_a_cpu_with_native_bf16(data, tmp_path):
+    # What `medmllm demo` gets on such a CPU (2x faster): the Trainer's bf16 autocast, fp32 weights.
+    recipe = make_recipe(tmp_path / "run", data / "train.jsonl", eval=data / "train.jsonl", precision="auto",
+                         stages=[{"name": "fit", "train": ALL, "epochs": 40, "batch_size": 3, "learning_rate": 3e-3, **FAST}])
+    linear_outputs = set()
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            linear_outputs.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        [result] = run_recipe(recipe, keep_model=True)
+    finally:
+        handle.remove()
+    assert linear_outputs == {torch.bfloat16}  # every training matmul ran in bf16
+    assert result.metrics["eval_loss"] < 0.2, result.metrics
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+    assert precision_flags("auto") == {"bf16": True, "fp16": False}
 
 
 def test_stages_freeze_chain_and_lora_export_loads_alone(data, tmp_path):

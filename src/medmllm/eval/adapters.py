@@ -3,9 +3,9 @@
 =========  ==========================================  =============================================
 name       what                                        options
 =========  ==========================================  =============================================
-medmllm    our model folder: `MedMLLMForCausalLM` +    ``--model DIR``; greedy, batched, left-padded
-           `MedMLLMProcessor` (scans as the model
-           was trained: 2D and 3D)
+medmllm    our model folder: `MedMLLMForCausalLM` +    ``--model DIR``; greedy, batched, left-padded;
+           `MedMLLMProcessor` (scans as the model      ``--precision`` (auto: bf16 autocast where
+           was trained: 2D and 3D)                     the device has it, `medmllm.model.precision`)
 hf         any transformers VLM whose processor takes  ``--hf-model DIR``; AutoModelForImageTextToText
            images in chat messages                     + AutoProcessor.apply_chat_template, greedy
 openai     any OpenAI-compatible chat endpoint, with   ``--endpoint URL --api-model NAME``; key from
@@ -112,25 +112,32 @@ class MedMLLMAdapter(Adapter):
 
     name = "medmllm"
 
-    def __init__(self, path: str | Path, *, max_new_tokens: int = 256, batch_size: int = 8, device: str | None = None):
+    def __init__(self, path: str | Path, *, max_new_tokens: int = 256, batch_size: int = 8, device: str | None = None,
+                 precision: str = "auto"):
+        from medmllm.model.precision import resolve_precision
         from medmllm.train.trainer import load_model
 
         self.path = Path(path)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.model, self.processor = load_model(self.path)
         self.device = _torch_device(device)
+        self.precision = resolve_precision(precision, self.device)  # autocast; the weights stay as saved
         self.model.to(self.device).eval()
 
     def generate(self, samples: Sequence[Sample]) -> list[str]:
         batch = self.processor([question_messages(s) for s in samples], add_generation_prompt=True)
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items() if k not in ("labels", "loss_weights")}
         tokenizer = self.processor.tokenizer
-        new = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=self.processor.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        from medmllm.model.precision import autocast
+
+        with autocast(self.precision, self.device):
+            new = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.processor.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return [text.strip() for text in self.processor.batch_decode(new)]
 
     def describe(self) -> dict[str, Any]:
-        return {"adapter": self.name, "model": str(self.path.resolve()), "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+        return {"adapter": self.name, "model": str(self.path.resolve()), "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
+                "precision": self.precision}
 
 
 class HFVisionAdapter(Adapter):

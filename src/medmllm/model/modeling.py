@@ -141,7 +141,7 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
             d, h, w = size
             batch = torch.stack([pixel_values[index[k, 0], index[k, 1], :, :d, :h, :w] for k in rows]).to(dtype)
             tokens = self.perceiver(self.vision_encoder(batch))
-            out[rows] = self.projector(tokens)
+            out[rows] = self.projector(tokens).to(dtype)  # under autocast the projector gives bf16/fp16
         return self.add_exam_embedding(out, image_mask, image_exam_index)
 
     def add_exam_embedding(self, visual: torch.Tensor, image_mask: torch.Tensor | None, image_exam_index: torch.Tensor | None) -> torch.Tensor:

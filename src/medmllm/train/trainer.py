@@ -227,13 +227,12 @@ def prepare_model(model, stage: StageArgs, gradient_checkpointing: bool):
 
 
 def precision_flags(precision: str) -> dict:
-    """TrainingArguments' bf16/fp16: autocast on a GPU, fp32 on the CPU (the CPU gains nothing from it)."""
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision != "fp32" and not cuda:
-        raise MedMLLMError(f"run.precision={precision} needs a GPU; use auto or fp32 on the CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    """TrainingArguments' bf16/fp16 for ``run.precision`` (`medmllm.model.precision`: autocast on a
+    GPU, and on a CPU with native bf16; fp32 on other CPUs)."""
+    from medmllm.model.precision import resolve_precision
+
+    resolved = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
 
 
 def report_to(recipe: Recipe) -> list[str]:

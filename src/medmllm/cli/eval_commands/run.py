@@ -26,6 +26,8 @@ def run_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Samples generated at once (concurrent requests for --endpoint)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer, in tokens."),
     device: str = typer.Option(None, "--device", help="torch device for --model / --hf-model (default: cuda if available, else cpu)."),
+    precision: str = typer.Option("auto", "--precision", help="--model: auto (bf16 autocast on a GPU or a CPU with native bf16), "
+                                                              "fp32, bf16 or fp16."),
     judge_endpoint: str = typer.Option(None, "--judge-endpoint", help="OpenAI-compatible URL of an LLM judge for P2Med record components."),
     judge_model: str = typer.Option(None, "--judge-model", help="The judge's model name at --judge-endpoint, or a local causal LM folder."),
     optional_metrics: bool = typer.Option(False, "--optional-metrics", help="Also slow / tool-dependent metrics (METEOR, needs java)."),
@@ -61,7 +63,7 @@ def run_command(
 
     options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     if model is not None:
-        adapter = build_adapter("medmllm", model, device=device, **options)
+        adapter = build_adapter("medmllm", model, device=device, precision=precision, **options)
     elif hf_model is not None:
         adapter = build_adapter("hf", hf_model, device=device, **options)
     else:
