@@ -289,3 +289,27 @@ def test_forward_backward_and_generate_under_bf16_autocast(vision):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.generate(**batch([(SAMPLE, [1])], channels=channels), max_new_tokens=3, do_sample=False)
     assert out.shape[-1] == 3
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_training_loss_from_labelled_logits_only_equals_the_full_loss(weighted):
+    # In training mode forward projects only the labelled positions to the vocabulary: the loss and
+    # every gradient must be those of the full (eval-mode) computation.
+    inputs = batch([(SAMPLE, [1]), ([5, *image_group(), 6, 7, 8], [4])])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    labels[:, :3] = -100  # a prompt
+    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) if weighted else None
+    losses, grads = [], []
+    for training in (True, False):
+        model = tiny()
+        set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)
+        model.train(training)
+        out = model(**inputs, labels=labels, loss_weights=weights)
+        out.loss.backward()
+        assert (out.logits is None) == training
+        losses.append(out.loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[0], losses[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
