@@ -7,11 +7,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from medmllm.data.conversations import split_conversation
 from medmllm.data.io import read_samples
 from medmllm.data.schema import ImagePart
-from medmllm.demo import DemoConfig, overlap, run_demo, stage_datasets, strip_images
+from medmllm.demo import (
+    REPORT_TASKS,
+    DemoConfig,
+    balanced_accuracy,
+    change_f1,
+    change_terms,
+    first_exams,
+    follow_ups,
+    overlap,
+    run_demo,
+    stage_datasets,
+    strip_images,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +70,63 @@ def test_stage_datasets_follow_p2med(minirad, tmp_path):
         assert all(not s.images for s in read_samples(path))
 
 
+def test_no_mrc_stage_datasets_hold_one_exam_per_report_sample(minirad, tmp_path):
+    train = list(read_samples(minirad / "train.jsonl"))
+    conversations = [s for s in train if s.task in REPORT_TASKS and len(split_conversation(s)) > 1]
+    assert conversations  # MiniRad's visits have 2-3 exams
+    paths = stage_datasets(train, tmp_path / "single", seed=0, source=minirad, mrc=False)
+    knowledge = list(read_samples(paths["knowledge"]))
+    assert all(len(s.images) == 1 and sum(t.role == "assistant" for t in s.turns) == 1 for s in knowledge)
+    exams = {s.id for s in knowledge}
+    assert all(r.id in exams for s in conversations for r in split_conversation(s))  # every exam of every visit, alone
+
+
+def test_first_exams_have_no_earlier_report_and_follow_ups_have_them_unless_no_mrc(minirad):
+    held_out = list(read_samples(minirad / "test.jsonl")) + list(read_samples(minirad / "val.jsonl"))
+    firsts = first_exams(held_out)
+    assert firsts and all(len(s.images) == 1 and sum(t.role == "assistant" for t in s.turns) == 1 for s in firsts)
+    with_priors, alone = follow_ups(held_out), follow_ups(held_out, mrc=False)
+    assert with_priors and len(with_priors) == len(alone)
+    for conversation, single in zip(with_priors, alone):
+        rounds = sum(t.role == "assistant" for t in conversation.turns)
+        assert rounds >= 2 and len(conversation.images) == rounds  # the earlier exams and their reports come first
+        assert len(single.images) == 1 and single.turns[-1].text == conversation.turns[-1].text  # the same last exam, alone
+
+
+def test_change_terms_read_minirads_impressions():
+    assert change_terms("Left pneumothorax, unchanged.").tolist() == [True, False, False, False]
+    assert change_terms("Right lower lobe mass, increased in size compared with the prior exam.").tolist() == [False, True, False, False]
+    assert change_terms("Stable cardiomegaly. Interval resolution of the left pleural effusion.").tolist() == [True, False, False, True]
+    assert not change_terms("Right middle lobe atelectasis.").any()
+    references = ["Left pneumothorax, unchanged.", "Mass, decreased in size compared with the prior exam.", "Interval resolution of the effusion."]
+    assert change_f1(list(zip(references, references)))["value"] == 1.0
+    # one right (unchanged), one wrong (increased for decreased: a false positive and a false negative), one missed
+    guessed = ["Stable left pneumothorax.", "Mass, increased in size compared with the prior exam.", "Effusion."]
+    result = change_f1(list(zip(guessed, references)))
+    assert result["value"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2)) and result["n"] == 3
+
+
+def test_balanced_accuracy_equals_sklearn_and_an_always_no_model_gets_half(tmp_path):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from medmllm.data.io import write_samples
+    from medmllm.data.schema import Sample
+
+    rng = np.random.default_rng(0)
+    truth = ["no"] * 70 + ["yes"] * 30
+    samples = [Sample.model_validate({"id": f"q{i}", "task": "radbench/diagnosis-judgement", "targets": {"answer": a},
+                                      "turns": [{"role": "user", "content": [{"type": "text", "text": "Does the patient have X?"}]},
+                                                {"role": "assistant", "content": [{"type": "text", "text": a}]}]}) for i, a in enumerate(truth)]
+    write_samples(tmp_path / "bench.jsonl", samples)
+    for predicted in (["no"] * 100, [a if rng.random() < 0.8 else ("yes" if a == "no" else "no") for a in truth]):
+        rows = [{"id": f"q{i}", "accuracy": float(p == a)} for i, (p, a) in enumerate(zip(predicted, truth))]
+        (tmp_path / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        result = balanced_accuracy(tmp_path, tmp_path / "bench.jsonl")
+        assert result["value"] == pytest.approx(balanced_accuracy_score(truth, predicted)) and result["n"] == 100
+        assert result["ci95"][0] <= result["value"] <= result["ci95"][1]
+    assert balanced_accuracy_score(truth, ["no"] * 100) == 0.5
+
+
 def test_overlap_of_intervals():
     assert overlap({"ci95": [0.1, 0.3]}, {"ci95": [0.2, 0.4]}) is True
     assert overlap({"ci95": [0.1, 0.2]}, {"ci95": [0.3, 0.4]}) is False
@@ -71,7 +142,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
                    {"name": "task-balanced", "data": {"train": "t.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage},
                    {"name": "disease-balanced", "data": {"train": "d.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage}]}))
     lines: list[str] = []
-    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": 12, "reports": 12}, max_new_tokens=8, log=lines.append))
+    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": 12, "reports": 12, "follow-up": 6}, max_new_tokens=8, log=lines.append))
     out = tmp_path / "out"
     assert set(summary["numbers"]) == {"trained", "untrained", "blind"}
     for name in ("trained", "untrained", "blind"):
@@ -85,5 +156,9 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert all(not s.images for part in ("diagnosis", "reports") for s in read_samples(out / "data" / "benchmark-blind" / f"{part}.jsonl"))
     assert all(s.images for s in read_samples(out / "data" / "benchmark" / "diagnosis.jsonl"))
     assert summary["numbers"]["trained"]["clinical label F1 (micro, 5 observations)"]["n"] > 0
+    reports = list(read_samples(out / "data" / "benchmark" / "reports.jsonl"))
+    assert reports and all(sum(t.role == "assistant" for t in s.turns) == 1 for s in reports)  # first exams: no earlier report to copy
+    assert (out / "eval" / "trained" / "follow-up" / "metrics.json").exists() and not (out / "eval" / "blind" / "follow-up").exists()
+    assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

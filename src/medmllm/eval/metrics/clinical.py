@@ -88,7 +88,7 @@ def macro_f1(counts: np.ndarray) -> float:
     return float(_f1(tp, fp, fn, 0.0).mean())
 
 
-def _resampled(counts: np.ndarray, average: str):
+def resampled_f1(counts: np.ndarray, average: str):
     """indices (M,) -> the micro or macro F1 of that resample, from the per-sample counts."""
     per_observation = counts  # (3, N, K)
 
@@ -112,8 +112,8 @@ def chexpert_scores(predicted_labels: np.ndarray, reference_labels: np.ndarray) 
             counts = f1_counts(predicted[:, columns], reference[:, columns])
             tp, fp, fn = counts.sum(axis=2)
             per_sample = _f1(tp, fp, fn, np.nan)
-            scores[f"chexpert_micro_f1_{subset}{suffix}"] = Score(micro_f1(counts), per_sample, _resampled(counts, "micro"))
-            scores[f"chexpert_macro_f1_{subset}{suffix}"] = Score(macro_f1(counts), per_sample, _resampled(counts, "macro"))
+            scores[f"chexpert_micro_f1_{subset}{suffix}"] = Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro"))
+            scores[f"chexpert_macro_f1_{subset}{suffix}"] = Score(macro_f1(counts), per_sample, resampled_f1(counts, "macro"))
     return scores
 
 
@@ -124,4 +124,4 @@ def chexpert_f1(predictions: Sequence[str], references: Sequence[Sequence[str]])
     return chexpert_scores(label_matrix(predictions), label_matrix(refs))
 
 
-__all__ = ["OUTPUTS", "chexpert_f1", "chexpert_scores", "f1_counts", "first_references", "label_matrix", "macro_f1", "micro_f1"]
+__all__ = ["OUTPUTS", "chexpert_f1", "chexpert_scores", "f1_counts", "first_references", "label_matrix", "macro_f1", "micro_f1", "resampled_f1"]

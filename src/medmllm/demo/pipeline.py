@@ -9,8 +9,9 @@ model a clinician can talk to, out.
                  the same text without images for the blind model
     5. train     recipes/demo.yaml: knowledge infusion, task-balanced, disease-balanced
     6. eval      the trained model, the untrained model and the blind model on the held-out
-                 MiniRad questions and reports: diagnosis accuracy and CheXpert label F1 with
-                 95% CIs (`medmllm.eval`), an HTML report each, and a summary
+                 MiniRad patients (`medmllm.demo.benchmark`): diagnosis accuracy and CheXpert label
+                 F1 of first-exam reports with 95% CIs (`medmllm.eval`), and the trained model's
+                 follow-up impressions (P2Med's Table III); an HTML report each, and a summary
     7. serve     how to start `medmllm serve` on the result
 
 Everything lands under one folder (``demo-out/`` by default).
@@ -24,17 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmllm.data.schema import ImagePart, Sample
+from medmllm.data.schema import Sample
+from medmllm.demo.benchmark import (
+    HEADLINE,
+    PARTS,
+    REPORT_TASKS,
+    first_exams,
+    follow_up_numbers,
+    follow_ups,
+    headline,
+    overlap,
+    strip_images,
+)
 
-DEMO_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
-# What the held-out benchmark asks, in two parts with their answer lengths (new tokens).
-DIAGNOSIS_TASKS = ("radbench/diagnosis-judgement",)
-REPORT_TASKS = ("p2med/report-xray", "p2med/report-ct")
-PARTS = {"diagnosis": (DIAGNOSIS_TASKS, 4), "reports": (REPORT_TASKS, 80)}
-# The headline numbers: diagnosis accuracy from the run's metrics.json (task family "judgement"), and
-# CheXpert label F1 (5 observations) of the generated reports against the references (`label_f1`).
-ACCURACY, LABEL_F1 = "diagnosis accuracy", "clinical label F1 (micro, 5 observations)"
-HEADLINE = (ACCURACY, LABEL_F1)
+DEMO_RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "demo.yaml"
 
 
 @dataclass
@@ -42,21 +46,14 @@ class DemoConfig:
     out: Path = Path("demo-out")
     n: int = 6000  # MiniRad samples (the train split feeds the stages, val + test the benchmark)
     seed: int = 0
-    mrc: bool = True  # multi-round conversations for follow-up exams (P2Med); --no-mrc: one exam per sample
+    mrc: bool = True  # train on multi-round conversations over a visit's exams (P2Med); --no-mrc: one exam per sample
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
-    eval_limits: dict[str, int | None] = field(default_factory=lambda: {"diagnosis": 400, "reports": 64})
+    eval_limits: dict[str, int | None] = field(default_factory=lambda: {"diagnosis": 400, "reports": 96, "follow-up": 64})
     max_new_tokens: int = 96
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def strip_images(sample: Sample) -> Sample:
-    """The sample as the blind model sees it: the same turns without their image parts."""
-    turns = [turn.model_copy(update={"content": [p for p in turn.content if not isinstance(p, ImagePart)]}) for turn in sample.turns]
-    turns = [t for t in turns if t.content]
-    return sample.model_copy(update={"turns": turns, "images": []})
 
 
 def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
@@ -70,7 +67,8 @@ def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
     return [s.model_copy(update={"images": [moved(ref) for ref in s.images]}) if s.images else s for s in samples]
 
 
-def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None) -> dict[str, Path]:
+def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None,
+                   mrc: bool = True) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -79,13 +77,17 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
 
     ``blind``: the same samples with their images removed (the text-only comparison model).
     ``source``: the folder the samples' image paths are relative to (default ``folder``).
+    ``mrc=False``: each report conversation split into its exams, one sample each (P2Med's "w/o MRC").
     """
     from collections import Counter
 
+    from medmllm.data.conversations import split_conversation
     from medmllm.data.curate.balance import balance_by_category, balance_by_task, diseases_of
     from medmllm.data.io import write_samples
 
     folder.mkdir(parents=True, exist_ok=True)
+    if not mrc:
+        train = [one for s in train for one in (split_conversation(s) if s.task in REPORT_TASKS else [s])]
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     counts = sorted(Counter(s.task for s in train).values())
     per_task = counts[len(counts) // 2]  # the median task size: small tasks keep all theirs
@@ -102,45 +104,14 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     return paths
 
 
-def benchmark(samples: list[Sample], tasks: tuple[str, ...], path: Path, source: Path, *, blind: bool = False, limit: int | None = None) -> Path:
-    """The held-out samples of ``tasks`` as a JSONL benchmark (images stripped for the blind model)."""
+def benchmark(samples: list[Sample], path: Path, source: Path, *, blind: bool = False, limit: int | None = None) -> Path:
+    """The first ``limit`` ``samples`` as a JSONL benchmark (images stripped for the blind model)."""
     from medmllm.data.io import write_samples
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s in samples if s.task in tasks][:limit]
+    chosen = samples[:limit]
     write_samples(path, [strip_images(s) for s in chosen] if blind else rebase(chosen, source, path.parent))
     return path
-
-
-def headline(eval_dir: Path, benches: dict[str, Path]) -> dict[str, dict]:
-    """{label: {"value", "ci95", "n"}} of the `HEADLINE` numbers of one model's evaluation
-    (``eval_dir/diagnosis`` and ``eval_dir/reports``, as `run_demo` writes them)."""
-    tasks = json.loads((eval_dir / "diagnosis" / "metrics.json").read_text())["tasks"]
-    found = tasks.get("judgement", {}).get("metrics", {}).get("accuracy")
-    accuracy = {"value": found["value"], "ci95": found["ci95"], "n": found.get("n")} if found else {"value": None, "ci95": [None, None], "n": 0}
-    return {ACCURACY: accuracy, LABEL_F1: label_f1(eval_dir / "reports", benches["reports"])}
-
-
-def label_f1(eval_dir: Path, bench: Path) -> dict:
-    """Micro F1 over CheXbert's 5 observations (atelectasis, cardiomegaly, consolidation, edema,
-    pleural effusion) of the generated reports (the last exam's report of each conversation)
-    against the references, labelled by `medmllm.eval.labeler`, with a bootstrap 95% CI. Not over
-    14: "No Finding" is positive for any text without a finding, so a model writing garbage would
-    score well on normal studies."""
-    from medmllm.data.io import read_samples
-    from medmllm.eval.scoring import score
-    from medmllm.jsonl import read_jsonl
-
-    predictions = {row["id"]: row.get("prediction") for _, row in read_jsonl(eval_dir / "predictions.jsonl")}
-    pairs = []
-    for sample in read_samples(bench):
-        answers = [t.text for t in sample.turns if t.role == "assistant"]
-        if sample.task in REPORT_TASKS and predictions.get(sample.id) is not None and answers:
-            pairs.append((predictions[sample.id], [answers[-1]]))
-    if len(pairs) < 2:
-        return {"value": None, "ci95": [None, None], "n": len(pairs)}
-    result = score([p for p, _ in pairs], [r for _, r in pairs], ["chexpert_f1"])["chexpert_micro_f1_5"]
-    return {"value": result["value"], "ci95": result["ci95"], "n": len(pairs)}
 
 
 def on_datasets(recipe, output_dir: Path, datasets: dict[str, Path], *, lora_only: bool = False):
@@ -152,14 +123,6 @@ def on_datasets(recipe, output_dir: Path, datasets: dict[str, Path], *, lora_onl
     for stage in recipe.stages:
         stage.data.train, stage.data.eval = datasets[stage.name], None
     return recipe
-
-
-def overlap(a: dict, b: dict) -> bool | None:
-    """Whether two 95% intervals overlap (None when either is missing)."""
-    (alo, ahi), (blo, bhi) = a["ci95"], b["ci95"]
-    if None in (alo, ahi, blo, bhi):
-        return None
-    return not (ahi < blo or bhi < alo)
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -197,7 +160,9 @@ def run_demo(config: DemoConfig) -> dict:
     done = step("MiniRad")
     data = out / "minirad"
     if not (data / "truth.jsonl").exists():
-        summary = generate(data, MiniRadConfig(n=config.n, seed=config.seed, mrc=config.mrc, xray_size=(64, 64), ct_shape=(16, 64, 64),
+        # Always with multi-round conversations: --no-mrc splits them for training (stage_datasets), so
+        # that both runs are measured on the same held-out exams.
+        summary = generate(data, MiniRadConfig(n=config.n, seed=config.seed, xray_size=(64, 64), ct_shape=(16, 64, 64),
                                                modalities={"X-ray": 0.6, "CT": 0.4}))
         log(f"{summary.samples} samples of {summary.patients} patients ({summary.exams} exams) in {summary.seconds:.1f} s")
     train = list(read_samples(data / "train.jsonl"))
@@ -205,8 +170,8 @@ def run_demo(config: DemoConfig) -> dict:
     done()
 
     done = step("stage datasets")
-    seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data)
-    blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True)
+    seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, mrc=config.mrc)
+    blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, mrc=config.mrc)
     for name, path in seeing.items():
         log(f"{name}: {len(path.read_text().splitlines())} samples -> {path}")
     done()
@@ -236,20 +201,25 @@ def run_demo(config: DemoConfig) -> dict:
     from medmllm.eval.adapters import build_adapter
     from medmllm.eval.runner import run_eval
 
-    numbers, benches = {}, {}
-    for blind_view in (False, True):
-        benches[blind_view] = {part: benchmark(held_out, tasks, out / "data" / f"benchmark{'-blind' if blind_view else ''}" / f"{part}.jsonl",
-                                               data, blind=blind_view, limit=config.eval_limits.get(part))
-                               for part, (tasks, _) in PARTS.items()}
+    parts = {"diagnosis": [s for s in held_out if s.task in PARTS["diagnosis"][0]], "reports": first_exams(held_out),
+             "follow-up": follow_ups(held_out, mrc=config.mrc)}
+    benches = {blind_view: {part: benchmark(samples, out / "data" / f"benchmark{'-blind' if blind_view else ''}" / f"{part}.jsonl", data,
+                                            blind=blind_view, limit=config.eval_limits.get(part))
+                            for part, samples in parts.items()}
+               for blind_view in (False, True)}
     models = {"trained": trained_dir, "untrained": untrained_dir, "blind": blind_dir}
+    numbers = {}
     for name, model_dir in models.items():
         adapter = build_adapter("medmllm", model_dir, batch_size=16)
-        for part, (_, new_tokens) in PARTS.items():
-            adapter.max_new_tokens = min(new_tokens, config.max_new_tokens)
+        # the follow-up impressions are the trained model's (the --no-mrc comparison, P2Med Table III)
+        for part in ("diagnosis", "reports", "follow-up") if name == "trained" else ("diagnosis", "reports"):
+            adapter.max_new_tokens = min(PARTS[part][1], config.max_new_tokens)
             run_eval(adapter, str(benches[name == "blind"][part]), out / "eval" / name / part, resamples=1000)
         numbers[name] = headline(out / "eval" / name, benches[name == "blind"])
-        log(f"{name}: " + "; ".join(f"{k} {v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v["value"] is not None else f"{k} n/a"
-                                     for k, v in numbers[name].items()))
+        log(f"{name}: " + "; ".join(f"{k} {described(v)}" for k, v in numbers[name].items()))
+    follow_up = follow_up_numbers(out / "eval" / "trained" / "follow-up", benches[False]["follow-up"])
+    log(f"trained, follow-up exams ({'with' if config.mrc else 'without'} multi-round conversations): "
+        + "; ".join(f"{k} {described(v)}" for k, v in follow_up.items()))
     done()
 
     comparison = {label: {"trained_vs_blind_cis_overlap": overlap(numbers["trained"][label], numbers["blind"][label]),
@@ -257,29 +227,37 @@ def run_demo(config: DemoConfig) -> dict:
                   for label in HEADLINE}
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe)},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
+               "follow_up": follow_up,
                "timings_s": config.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary) + "\n")
     return summary
 
 
+def described(number: dict) -> str:
+    """``0.627 [0.569, 0.686] (n=263)``, or ``n/a``."""
+    if number["value"] is None:
+        return "n/a"
+    lo, hi = (f"{x:.3f}" if x is not None else "?" for x in number["ci95"])
+    return f"{number['value']:.3f} [{lo}, {hi}] (n={number['n']})"
+
+
 def summary_markdown(summary: dict) -> str:
     lines = ["# medmllm demo: held-out MiniRad patients", "",
              "| model | " + " | ".join(HEADLINE) + " |", "|---|" + "---:|" * len(HEADLINE)]
     for name, numbers in summary["numbers"].items():
-        cells = []
-        for label in HEADLINE:
-            v = numbers[label]
-            cells.append(f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})" if v["value"] is not None else "n/a")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(described(numbers[label]) for label in HEADLINE) + " |")
     lines.append("")
     for label, c in summary["comparison"].items():
         verdict = "better than the blind model" if c["trained_better"] else "NOT better than the blind model"
         ci = {True: "95% CIs overlap", False: "95% CIs do not overlap", None: "CI missing"}[c["trained_vs_blind_cis_overlap"]]
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
-    lines.append("")
+    trained_with = "with" if summary["config"]["mrc"] else "without (--no-mrc)"
+    lines += ["", f"Follow-up exams, the trained model ({trained_with} multi-round conversations): "
+              + "; ".join(f"{k} {described(v)}" for k, v in summary["follow_up"].items()) + ".",
+              "Compare with a run of the other setting (`medmllm demo --no-mrc`, docs/demo.md).", ""]
     lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     return "\n".join(lines)
 
 
-__all__ = ["DemoConfig", "benchmark", "headline", "on_datasets", "rebase", "run_demo", "stage_datasets", "strip_images", "summary_markdown"]
+__all__ = ["DEMO_RECIPE", "DemoConfig", "benchmark", "described", "on_datasets", "rebase", "run_demo", "stage_datasets", "summary_markdown"]

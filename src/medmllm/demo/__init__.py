@@ -1,0 +1,53 @@
+"""The end-to-end demo (`medmllm demo`, `make demo`): `pipeline` runs it, `benchmark` decides what
+the held-out MiniRad patients are asked and how the answers are scored."""
+
+from medmllm.demo.benchmark import (
+    ACCURACY,
+    BALANCED,
+    CHANGE_F1,
+    FOLLOW_UP_LABEL_F1,
+    HEADLINE,
+    LABEL_F1,
+    PARTS,
+    REPORT_TASKS,
+    balanced_accuracy,
+    change_f1,
+    change_terms,
+    first_exams,
+    follow_up_numbers,
+    follow_ups,
+    headline,
+    label_f1,
+    overlap,
+    strip_images,
+)
+from medmllm.demo.pipeline import DEMO_RECIPE, DemoConfig, benchmark, on_datasets, rebase, run_demo, stage_datasets, summary_markdown
+
+__all__ = [
+    "ACCURACY",
+    "BALANCED",
+    "CHANGE_F1",
+    "DEMO_RECIPE",
+    "DemoConfig",
+    "FOLLOW_UP_LABEL_F1",
+    "HEADLINE",
+    "LABEL_F1",
+    "PARTS",
+    "REPORT_TASKS",
+    "balanced_accuracy",
+    "benchmark",
+    "change_f1",
+    "change_terms",
+    "first_exams",
+    "follow_up_numbers",
+    "follow_ups",
+    "headline",
+    "label_f1",
+    "on_datasets",
+    "overlap",
+    "rebase",
+    "run_demo",
+    "stage_datasets",
+    "strip_images",
+    "summary_markdown",
+]

@@ -1,0 +1,180 @@
+"""The demo's held-out benchmark: what the trained, untrained and blind models are asked, and the
+numbers that decide whether training taught the model to see.
+
+=============  =========================================================  ===========================
+part           the samples                                                scored by
+=============  =========================================================  ===========================
+diagnosis      RadBench diagnosis judgements ("Does the patient have      accuracy (the eval harness)
+               X?"), 4 new tokens                                          and `balanced_accuracy`
+reports        the first exam of each held-out visit: one image, no       `label_f1` of the report
+               earlier report in the conversation (`first_exams`)
+follow-up      the last exam of each visit with 2-3 exams: with its       `follow_up_numbers`: label
+               earlier exams and reports before it (P2Med's multi-round   F1 and `change_f1` of the
+               conversations), or alone with ``mrc=False`` (`follow_ups`)  impression
+=============  =========================================================  ===========================
+
+Why first exams for the report F1: on a follow-up the earlier reports are in the conversation, and
+MiniRad's findings mostly persist, so copying the prior report scores well without looking at the
+image at all (an untrained SmolLM2 reached label F1 0.78 that way, a text-only model 0.79). The
+first exam is where only the image tells the findings.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medmllm.data.conversations import split_conversation
+from medmllm.data.schema import ImagePart, Sample
+
+DIAGNOSIS_TASKS = ("radbench/diagnosis-judgement",)
+REPORT_TASKS = ("p2med/report-xray", "p2med/report-ct")
+PARTS = {"diagnosis": (DIAGNOSIS_TASKS, 4), "reports": (REPORT_TASKS, 80), "follow-up": (REPORT_TASKS, 80)}
+ACCURACY, BALANCED, LABEL_F1 = "diagnosis accuracy", "diagnosis balanced accuracy", "clinical label F1 (micro, 5 observations)"
+HEADLINE = (ACCURACY, BALANCED, LABEL_F1)
+FOLLOW_UP_LABEL_F1, CHANGE_F1 = "impression label F1", "impression change F1"
+# How MiniRad's impressions (medmllm.synth.reports) state the course of a finding since the prior exam.
+CHANGES = {
+    "unchanged": re.compile(r"(?i)\bunchanged\b|\bstable\b|\bno (interval )?change\b"),
+    "increased": re.compile(r"(?i)\bincreased\b|\blarger\b"),
+    "decreased": re.compile(r"(?i)\bdecreased\b|\bsmaller\b"),
+    "resolved": re.compile(r"(?i)\bresol(ved|ution)\b"),
+}
+
+
+def strip_images(sample: Sample) -> Sample:
+    """The sample as the blind model sees it: the same turns without their image parts."""
+    turns = [turn.model_copy(update={"content": [p for p in turn.content if not isinstance(p, ImagePart)]}) for turn in sample.turns]
+    turns = [t for t in turns if t.content]
+    return sample.model_copy(update={"turns": turns, "images": []})
+
+
+def first_exams(samples: list[Sample]) -> list[Sample]:
+    """The report of the first exam of each report sample (round 1 of a conversation, or the sample)."""
+    return [split_conversation(s)[0] for s in samples if s.task in REPORT_TASKS]
+
+
+def follow_ups(samples: list[Sample], *, mrc: bool = True) -> list[Sample]:
+    """The last exam of each report conversation with 2+ exams: the conversation as it is (earlier
+    exams and their reports before it), or with ``mrc=False`` that exam alone, as a model trained
+    without multi-round conversations sees it (P2Med's "w/o MRC", Table III)."""
+    chosen = [s for s in samples if s.task in REPORT_TASKS and len(split_conversation(s)) > 1]
+    return chosen if mrc else [split_conversation(s)[-1] for s in chosen]
+
+
+def predictions_and_references(eval_dir: Path, bench: Path) -> list[tuple[str, str]]:
+    """(generated, reference) report pairs of a benchmark part: the reference is the last assistant
+    turn, the one the model was asked for."""
+    from medmllm.data.io import read_samples
+    from medmllm.jsonl import read_jsonl
+
+    predictions = {row["id"]: row.get("prediction") for _, row in read_jsonl(eval_dir / "predictions.jsonl")}
+    pairs = []
+    for sample in read_samples(bench):
+        answers = [t.text for t in sample.turns if t.role == "assistant"]
+        if predictions.get(sample.id) is not None and answers:
+            pairs.append((predictions[sample.id], answers[-1]))
+    return pairs
+
+
+def label_f1(pairs: list[tuple[str, str]]) -> dict:
+    """Micro F1 over CheXbert's 5 observations (atelectasis, cardiomegaly, consolidation, edema,
+    pleural effusion) of the generated texts against the references, labelled by
+    `medmllm.eval.labeler`, with a bootstrap 95% CI. Not over 14: "No Finding" is positive for any
+    text without a finding, so a model writing garbage would score well on normal studies."""
+    from medmllm.eval.scoring import score
+
+    if len(pairs) < 2:
+        return {"value": None, "ci95": [None, None], "n": len(pairs)}
+    result = score([p for p, _ in pairs], [[r] for _, r in pairs], ["chexpert_f1"])["chexpert_micro_f1_5"]
+    return {"value": result["value"], "ci95": result["ci95"], "n": len(pairs)}
+
+
+def change_terms(text: str) -> np.ndarray:
+    """(len(CHANGES),) bool: which courses (`CHANGES`) the text states."""
+    return np.array([bool(pattern.search(text)) for pattern in CHANGES.values()])
+
+
+def change_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict:
+    """Micro F1 of the courses the generated impressions state (unchanged, increased, decreased,
+    resolved) against the references', with a bootstrap 95% CI: what only a model that knows the
+    prior exam can get right."""
+    from medmllm.eval.metrics.base import Score
+    from medmllm.eval.metrics.clinical import f1_counts, micro_f1, resampled_f1
+    from medmllm.eval.runner import summarize_score
+
+    if len(pairs) < 2:
+        return {"value": None, "ci95": [None, None], "n": len(pairs)}
+    counts = f1_counts(np.stack([change_terms(p) for p, _ in pairs]), np.stack([change_terms(r) for _, r in pairs]))
+    tp, fp, fn = counts.sum(axis=2)
+    per_sample = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+    summary = summarize_score(Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro")), resamples)
+    return {"value": summary["value"], "ci95": summary["ci95"], "n": len(pairs)}
+
+
+def impressions(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The [Impression] sections of (generated, reference) reports (a text without one: all of it)."""
+    from medmllm.data.templates import parse_report
+
+    def impression(text: str) -> str:
+        return parse_report(text)["impression"] or text
+
+    return [(impression(p), impression(r)) for p, r in pairs]
+
+
+def balanced_accuracy(eval_dir: Path, bench: Path, resamples: int = 1000) -> dict:
+    """The mean of the accuracy on the questions whose answer is "yes" and on those whose answer is
+    "no", with a bootstrap 95% CI. MiniRad asks more questions whose answer is "no" (two in three
+    here), so a model that always says "no" reaches an accuracy of 0.66 but a balanced accuracy of
+    0.5: only a model that tells the findings apart beats 0.5."""
+    from medmllm.data.io import read_samples
+    from medmllm.eval.metrics.base import Score
+    from medmllm.eval.runner import summarize_score
+    from medmllm.jsonl import read_jsonl
+
+    correct = {row["id"]: row.get("accuracy") for _, row in read_jsonl(eval_dir / "per_sample.jsonl")}
+    rows = [(float(correct[s.id]), str(s.targets.get("answer", "")).strip().lower() == "yes")
+            for s in read_samples(bench) if correct.get(s.id) is not None]
+    if len(rows) < 2:
+        return {"value": None, "ci95": [None, None], "n": len(rows)}
+    hits, yes = np.array([h for h, _ in rows]), np.array([y for _, y in rows])
+
+    def corpus(indices: np.ndarray) -> float:
+        per_class = [hits[indices][yes[indices] == answer] for answer in (True, False)]
+        return float(np.mean([c.mean() for c in per_class if len(c)]))
+
+    summary = summarize_score(Score(corpus(np.arange(len(rows))), hits, corpus), resamples)
+    return {"value": summary["value"], "ci95": summary["ci95"], "n": len(rows)}
+
+
+def headline(eval_dir: Path, benches: dict[str, Path]) -> dict[str, dict]:
+    """{label: {"value", "ci95", "n"}} of the `HEADLINE` numbers of one model's evaluation
+    (``eval_dir/diagnosis`` and ``eval_dir/reports``, as `medmllm.demo.run_demo` writes them)."""
+    import json
+
+    tasks = json.loads((eval_dir / "diagnosis" / "metrics.json").read_text())["tasks"]
+    found = tasks.get("judgement", {}).get("metrics", {}).get("accuracy")
+    accuracy = {"value": found["value"], "ci95": found["ci95"], "n": found.get("n")} if found else {"value": None, "ci95": [None, None], "n": 0}
+    return {ACCURACY: accuracy, BALANCED: balanced_accuracy(eval_dir / "diagnosis", benches["diagnosis"]),
+            LABEL_F1: label_f1(predictions_and_references(eval_dir / "reports", benches["reports"]))}
+
+
+def follow_up_numbers(eval_dir: Path, bench: Path) -> dict[str, dict]:
+    """{label: {"value", "ci95", "n"}}: label F1 and change F1 of the follow-up exams' impressions."""
+    pairs = impressions(predictions_and_references(eval_dir, bench))
+    return {FOLLOW_UP_LABEL_F1: label_f1(pairs), CHANGE_F1: change_f1(pairs)}
+
+
+def overlap(a: dict, b: dict) -> bool | None:
+    """Whether two 95% intervals overlap (None when either is missing)."""
+    (alo, ahi), (blo, bhi) = a["ci95"], b["ci95"]
+    if None in (alo, ahi, blo, bhi):
+        return None
+    return not (ahi < blo or bhi < alo)
+
+
+__all__ = ["ACCURACY", "BALANCED", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
+           "balanced_accuracy", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
+           "predictions_and_references", "strip_images"]
