@@ -255,7 +255,7 @@ def summary_markdown(summary: dict) -> str:
     trained_with = "with" if summary["config"]["mrc"] else "without (--no-mrc)"
     lines += ["", f"Follow-up exams, the trained model ({trained_with} multi-round conversations): "
               + "; ".join(f"{k} {described(v)}" for k, v in summary["follow_up"].items()) + ".",
-              "Compare with a run of the other setting (`medmllm demo --no-mrc`, docs/demo.md).", ""]
+              f"Compare with a run {'with `--no-mrc`' if summary['config']['mrc'] else 'without `--no-mrc`'} (docs/demo.md).", ""]
     lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     return "\n".join(lines)
 
