@@ -23,6 +23,7 @@ from medmllm.demo import (
     follow_ups,
     overlap,
     run_demo,
+    shuffled_label_f1,
     stage_datasets,
     strip_images,
 )
@@ -127,6 +128,14 @@ def test_balanced_accuracy_equals_sklearn_and_an_always_no_model_gets_half(tmp_p
     assert balanced_accuracy_score(truth, ["no"] * 100) == 0.5
 
 
+def test_shuffled_label_f1_tells_a_model_that_sees_from_one_that_writes_the_same_findings():
+    findings = ["Cardiomegaly.", "Large left pleural effusion.", "Right lower lobe atelectasis.", "The lungs are clear."] * 10
+    seeing = shuffled_label_f1(list(zip(findings, findings)))  # each report right for its own exam
+    assert seeing["value"] < 0.5 and seeing["p"] == 0.0 and seeing["n"] == 40
+    blind = shuffled_label_f1([("Cardiomegaly. Large left pleural effusion.", r) for r in findings])  # one report for all
+    assert blind["p"] == 1.0  # shuffling identical reports changes nothing
+
+
 def test_overlap_of_intervals():
     assert overlap({"ci95": [0.1, 0.3]}, {"ci95": [0.2, 0.4]}) is True
     assert overlap({"ci95": [0.1, 0.2]}, {"ci95": [0.3, 0.4]}) is False
@@ -159,6 +168,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     reports = list(read_samples(out / "data" / "benchmark" / "reports.jsonl"))
     assert reports and all(sum(t.role == "assistant" for t in s.turns) == 1 for s in reports)  # first exams: no earlier report to copy
     assert (out / "eval" / "trained" / "follow-up" / "metrics.json").exists() and not (out / "eval" / "blind" / "follow-up").exists()
+    assert set(summary["label_f1_shuffled"]) == {"trained", "untrained", "blind"}
     assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

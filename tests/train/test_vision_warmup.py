@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medmllm.errors import MedMLLMError
+from medmllm.eval.labeler.chexpert import OBSERVATIONS
 from medmllm.train import parse_recipe
 from medmllm.train.trainer import run_recipe
 from medmllm.train.vision_warmup import auroc, labelled_images
@@ -101,6 +102,23 @@ def test_the_encoder_learns_to_see_the_finding_and_only_the_vision_path_changes(
     for phase in phases:  # each phase lowers its loss
         assert metrics[f"{phase}_loss"] < metrics[f"{phase}_loss_first"], metrics
     assert (results[1].output_dir / "DONE").exists()  # the language stage starts from the warmed-up model
+    if perceiver:  # what the LLM gets, the perceiver's visual tokens, tells the held-out images apart too
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        model, processor = results[0].model, results[0].processor
+
+        def mean_visual_tokens(split: Path) -> tuple[np.ndarray, list[float]]:
+            items = labelled_images(split)
+            with torch.no_grad():
+                tokens = [model.projector(model.perceiver(model.vision_encoder(processor.image_tensor(image, str(split))[None]))).mean((0, 1))
+                          for image, _, _ in items]
+            return torch.stack(tokens).numpy(), [labels[OBSERVATIONS.index("Pleural Effusion")] for _, labels, _ in items]
+
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(*mean_visual_tokens(train))
+        features, truth = mean_visual_tokens(eval)
+        assert roc_auc_score(truth, probe.decision_function(features)) > 0.9
 
 
 def test_report_labels_with_lora_or_without_vision_is_refused(splits, tmp_path):

@@ -19,6 +19,7 @@ from medmllm.demo.benchmark import (
     headline,
     label_f1,
     overlap,
+    shuffled_label_f1,
     strip_images,
 )
 from medmllm.demo.pipeline import DEMO_RECIPE, DemoConfig, benchmark, on_datasets, rebase, run_demo, stage_datasets, summary_markdown
@@ -47,6 +48,7 @@ __all__ = [
     "overlap",
     "rebase",
     "run_demo",
+    "shuffled_label_f1",
     "stage_datasets",
     "strip_images",
     "summary_markdown",

@@ -92,6 +92,25 @@ def label_f1(pairs: list[tuple[str, str]]) -> dict:
     return {"value": result["value"], "ci95": result["ci95"], "n": len(pairs)}
 
 
+def shuffled_label_f1(pairs: list[tuple[str, str]], permutations: int = 1000, seed: int = 0) -> dict:
+    """What the label F1 would be if the reports did not depend on the images: the F1 of the same
+    generated reports given to the exams in a random order (``permutations`` shuffles). Returns
+    ``{"value": the mean shuffled F1, "p": the fraction of shuffles scoring at least the real F1, "n"}``.
+    A model that writes the same findings whatever the image (or findings at their base rate) scores
+    as well shuffled as not (p near 0.5); one that reads the image scores below its real F1 (p near 0)."""
+    from medmllm.eval.labeler.chexpert import CHEXBERT_5, OBSERVATIONS, POSITIVE, UNCERTAIN
+    from medmllm.eval.metrics.clinical import f1_counts, label_matrix, micro_f1
+
+    if len(pairs) < 2:
+        return {"value": None, "p": None, "n": len(pairs)}
+    columns = [OBSERVATIONS.index(o) for o in CHEXBERT_5]
+    predicted, reference = (np.isin(label_matrix(texts)[:, columns], (POSITIVE, UNCERTAIN)) for texts in zip(*pairs))
+    real = micro_f1(f1_counts(predicted, reference))
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([micro_f1(f1_counts(predicted[rng.permutation(len(pairs))], reference)) for _ in range(permutations)])
+    return {"value": float(shuffled.mean()), "p": float((shuffled >= real).mean()), "n": len(pairs)}
+
+
 def change_terms(text: str) -> np.ndarray:
     """(len(CHANGES),) bool: which courses (`CHANGES`) the text states."""
     return np.array([bool(pattern.search(text)) for pattern in CHANGES.values()])
@@ -177,4 +196,4 @@ def overlap(a: dict, b: dict) -> bool | None:
 
 __all__ = ["ACCURACY", "BALANCED", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
            "balanced_accuracy", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
-           "predictions_and_references", "strip_images"]
+           "predictions_and_references", "shuffled_label_f1", "strip_images"]

@@ -35,6 +35,8 @@ from medmllm.demo.benchmark import (
     follow_ups,
     headline,
     overlap,
+    predictions_and_references,
+    shuffled_label_f1,
     strip_images,
 )
 
@@ -218,6 +220,9 @@ def run_demo(config: DemoConfig) -> dict:
         numbers[name] = headline(out / "eval" / name, benches[name == "blind"])
         log(f"{name}: " + "; ".join(f"{k} {described(v)}" for k, v in numbers[name].items()))
     follow_up = follow_up_numbers(out / "eval" / "trained" / "follow-up", benches[False]["follow-up"])
+    # Is a label F1 above the blind model's seeing, or writing findings at their base rate?
+    shuffled = {name: shuffled_label_f1(predictions_and_references(out / "eval" / name / "reports", benches[name == "blind"]["reports"]))
+                for name in models}
     log(f"trained, follow-up exams ({'with' if config.mrc else 'without'} multi-round conversations): "
         + "; ".join(f"{k} {described(v)}" for k, v in follow_up.items()))
     done()
@@ -227,7 +232,7 @@ def run_demo(config: DemoConfig) -> dict:
                   for label in HEADLINE}
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe)},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
-               "follow_up": follow_up,
+               "follow_up": follow_up, "label_f1_shuffled": shuffled,
                "timings_s": config.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary) + "\n")
@@ -252,6 +257,10 @@ def summary_markdown(summary: dict) -> str:
         verdict = "better than the blind model" if c["trained_better"] else "NOT better than the blind model"
         ci = {True: "95% CIs overlap", False: "95% CIs do not overlap", None: "CI missing"}[c["trained_vs_blind_cis_overlap"]]
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
+    lines += ["", "Label F1 with each model's reports given to the exams in a random order (mean of 1,000 shuffles; p: the share of "
+              "shuffles that score at least the real F1; near 0 only for a model whose reports depend on the image): "
+              + "; ".join(f"{name} {v['value']:.3f} (p={v['p']:.2f})" for name, v in summary["label_f1_shuffled"].items() if v["value"] is not None)
+              + "."]
     trained_with = "with" if summary["config"]["mrc"] else "without (--no-mrc)"
     lines += ["", f"Follow-up exams, the trained model ({trained_with} multi-round conversations): "
               + "; ".join(f"{k} {described(v)}" for k, v in summary["follow_up"].items()) + ".",
