@@ -98,13 +98,13 @@ def shuffled_label_f1(pairs: list[tuple[str, str]], permutations: int = 1000, se
     ``{"value": the mean shuffled F1, "p": the fraction of shuffles scoring at least the real F1, "n"}``.
     A model that writes the same findings whatever the image (or findings at their base rate) scores
     as well shuffled as not (p near 0.5); one that reads the image scores below its real F1 (p near 0)."""
-    from medmllm.eval.labeler.chexpert import CHEXBERT_5, OBSERVATIONS, POSITIVE, UNCERTAIN
-    from medmllm.eval.metrics.clinical import f1_counts, label_matrix, micro_f1
+    from medmllm.eval.labeler.chexpert import OBSERVATIONS
+    from medmllm.eval.metrics.clinical import CONVENTIONS, SUBSETS, f1_counts, label_matrix, micro_f1
 
     if len(pairs) < 2:
         return {"value": None, "p": None, "n": len(pairs)}
-    columns = [OBSERVATIONS.index(o) for o in CHEXBERT_5]
-    predicted, reference = (np.isin(label_matrix(texts)[:, columns], (POSITIVE, UNCERTAIN)) for texts in zip(*pairs))
+    columns = [OBSERVATIONS.index(o) for o in SUBSETS["5"]]  # as `label_f1` counts them: uncertain is positive
+    predicted, reference = (np.isin(label_matrix(texts), CONVENTIONS[""])[:, columns] for texts in zip(*pairs))
     real = micro_f1(f1_counts(predicted, reference))
     rng = np.random.default_rng(seed)
     shuffled = np.array([micro_f1(f1_counts(predicted[rng.permutation(len(pairs))], reference)) for _ in range(permutations)])
@@ -121,14 +121,14 @@ def change_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict:
     resolved) against the references', with a bootstrap 95% CI: what only a model that knows the
     prior exam can get right."""
     from medmllm.eval.metrics.base import Score
-    from medmllm.eval.metrics.clinical import f1_counts, micro_f1, resampled_f1
+    from medmllm.eval.metrics.clinical import f1_counts, f1_from_counts, micro_f1, resampled_f1
     from medmllm.eval.runner import summarize_score
 
     if len(pairs) < 2:
         return {"value": None, "ci95": [None, None], "n": len(pairs)}
     counts = f1_counts(np.stack([change_terms(p) for p, _ in pairs]), np.stack([change_terms(r) for _, r in pairs]))
     tp, fp, fn = counts.sum(axis=2)
-    per_sample = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+    per_sample = f1_from_counts(tp, fp, fn, np.nan)
     summary = summarize_score(Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro")), resamples)
     return {"value": summary["value"], "ci95": summary["ci95"], "n": len(pairs)}
 

@@ -68,7 +68,7 @@ def f1_counts(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.stack([predicted & reference, predicted & ~reference, ~predicted & reference]).astype(np.int64)
 
 
-def _f1(tp, fp, fn, undefined: float):
+def f1_from_counts(tp, fp, fn, undefined: float):
     """2 tp / (2 tp + fp + fn), elementwise; ``undefined`` where the denominator is 0."""
     tp, fp, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn))
     denominator = 2 * tp + fp + fn
@@ -79,13 +79,13 @@ def _f1(tp, fp, fn, undefined: float):
 def micro_f1(counts: np.ndarray) -> float:
     """(3, N, K) counts -> micro F1 (0 when there is no positive at all)."""
     tp, fp, fn = counts.sum(axis=(1, 2))
-    return float(_f1(tp, fp, fn, 0.0))
+    return float(f1_from_counts(tp, fp, fn, 0.0))
 
 
 def macro_f1(counts: np.ndarray) -> float:
     """(3, N, K) counts -> the mean over the K observations of their F1 (0 for one with no positive)."""
     tp, fp, fn = counts.sum(axis=1)
-    return float(_f1(tp, fp, fn, 0.0).mean())
+    return float(f1_from_counts(tp, fp, fn, 0.0).mean())
 
 
 def resampled_f1(counts: np.ndarray, average: str):
@@ -96,8 +96,8 @@ def resampled_f1(counts: np.ndarray, average: str):
         weights = np.bincount(indices, minlength=per_observation.shape[1]).astype(np.float64)
         tp, fp, fn = np.einsum("n,cnk->ck", weights, per_observation)
         if average == "micro":
-            return float(_f1(tp.sum(), fp.sum(), fn.sum(), 0.0))
-        return float(_f1(tp, fp, fn, 0.0).mean())
+            return float(f1_from_counts(tp.sum(), fp.sum(), fn.sum(), 0.0))
+        return float(f1_from_counts(tp, fp, fn, 0.0).mean())
 
     return corpus
 
@@ -111,7 +111,7 @@ def chexpert_scores(predicted_labels: np.ndarray, reference_labels: np.ndarray) 
             columns = [OBSERVATIONS.index(o) for o in observations]
             counts = f1_counts(predicted[:, columns], reference[:, columns])
             tp, fp, fn = counts.sum(axis=2)
-            per_sample = _f1(tp, fp, fn, np.nan)
+            per_sample = f1_from_counts(tp, fp, fn, np.nan)
             scores[f"chexpert_micro_f1_{subset}{suffix}"] = Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro"))
             scores[f"chexpert_macro_f1_{subset}{suffix}"] = Score(macro_f1(counts), per_sample, resampled_f1(counts, "macro"))
     return scores
@@ -124,4 +124,4 @@ def chexpert_f1(predictions: Sequence[str], references: Sequence[Sequence[str]])
     return chexpert_scores(label_matrix(predictions), label_matrix(refs))
 
 
-__all__ = ["OUTPUTS", "chexpert_f1", "chexpert_scores", "f1_counts", "first_references", "label_matrix", "macro_f1", "micro_f1", "resampled_f1"]
+__all__ = ["OUTPUTS", "chexpert_f1", "chexpert_scores", "f1_counts", "first_references", "label_matrix", "macro_f1", "f1_from_counts", "micro_f1", "resampled_f1"]
