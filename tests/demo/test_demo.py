@@ -169,6 +169,12 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert reports and all(sum(t.role == "assistant" for t in s.turns) == 1 for s in reports)  # first exams: no earlier report to copy
     assert (out / "eval" / "trained" / "follow-up" / "metrics.json").exists() and not (out / "eval" / "blind" / "follow-up").exists()
     assert set(summary["label_f1_shuffled"]) == {"trained", "untrained", "blind"}
+    from medmllm.demo import summary_markdown
+
+    unseeing = {**summary, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.44, "n": 12}}}
+    assert "not from the image" in summary_markdown(unseeing)
+    seeing = {**summary, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.0, "n": 12}}}
+    assert "not from the image" not in summary_markdown(seeing)
     assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

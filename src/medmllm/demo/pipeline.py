@@ -28,6 +28,7 @@ from pathlib import Path
 from medmllm.data.schema import Sample
 from medmllm.demo.benchmark import (
     HEADLINE,
+    LABEL_F1,
     PARTS,
     REPORT_TASKS,
     first_exams,
@@ -256,6 +257,9 @@ def summary_markdown(summary: dict) -> str:
     for label, c in summary["comparison"].items():
         verdict = "better than the blind model" if c["trained_better"] else "NOT better than the blind model"
         ci = {True: "95% CIs overlap", False: "95% CIs do not overlap", None: "CI missing"}[c["trained_vs_blind_cis_overlap"]]
+        shuffled = summary["label_f1_shuffled"]["trained"]
+        if label == LABEL_F1 and shuffled["p"] is not None and shuffled["p"] >= 0.05:
+            ci += f"; but its reports score as well on other exams (shuffled {shuffled['value']:.3f}, p={shuffled['p']:.2f}): not from the image"
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
     lines += ["", "Label F1 with each model's reports given to the exams in a random order (mean of 1,000 shuffles; p: the share of "
               "shuffles that score at least the real F1; near 0 only for a model whose reports depend on the image): "
