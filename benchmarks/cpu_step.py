@@ -24,7 +24,7 @@ Generation: greedy, 80 new tokens for 16 first-exam prompts (`MedMLLMAdapter`), 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import statistics
 import sys
 import tempfile
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     from medmllm.model.adapters import add_lora
     from medmllm.model.factory import build
-    from medmllm.model.precision import cpu_has_native_bf16
+    from medmllm.model.precision import autocast, cpu_has_native_bf16
 
     if not cpu_has_native_bf16():
         sys.exit("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast would be emulated; nothing to compare")
@@ -84,7 +84,7 @@ def main() -> None:
         labelled = int((batch["labels"][:, 1:] != -100).sum())
         rows = []
         for precision in ("fp32", "bf16"):
-            ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+            ctx = functools.partial(autocast, precision, "cpu")  # the rule training and `eval run` use
             for name, plain in (("full logits (anchor)", lambda: False), ("labelled logits (ours)", None)):
                 model.train()
                 if plain is not None:
@@ -107,7 +107,7 @@ def main() -> None:
         prompts = dict(processor([question_messages(s, tmp) for s in samples], add_generation_prompt=True))
         inputs = {k: v for k, v in prompts.items() if k not in ("labels", "loss_weights")}
         for precision in ("fp32", "bf16"):
-            ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+            ctx = functools.partial(autocast, precision, "cpu")  # the rule training and `eval run` use
 
             def generate(ctx=ctx):
                 with torch.no_grad(), ctx():

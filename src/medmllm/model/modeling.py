@@ -201,7 +201,6 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         text = self.config.text_config
         return all(getattr(text, name, None) in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
 
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -227,7 +226,7 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         if labels is not None and self.training and past_key_values is None and self.plain_lm_head():
             # Training: logits only where a label is (the answers). On the prompt they are never
             # used, and the (S, vocab) projection and its softmax are a large part of a small
-            # LLM's step: 1.7x faster LoRA steps for SmolLM2-135M (benchmarks/RESULTS.md).
+            # LLM's step: 1.38x faster fp32 LoRA steps for the demo preset (benchmarks/cpu_step.py).
             decoder = self.language_model.get_decoder()
             hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
             keep = labels[:, 1:] != IGNORE_INDEX

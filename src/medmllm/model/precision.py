@@ -4,8 +4,8 @@ and generation (`medmllm.eval.adapters.MedMLLMAdapter`).
 ``auto``: bf16 autocast on a GPU that has it (else fp16), bf16 autocast on a CPU with native bf16
 matrix units (AVX512-BF16 or AMX: recent Xeon and EPYC), fp32 on other CPUs. Weights stay fp32;
 autocast runs the matrix products in bf16. Measured on a 2-core EPYC with AVX512-BF16
-(benchmarks/RESULTS.md, "Mixed precision on the CPU"): SmolLM2-135M forward+backward 2.1-2.6x
-and greedy report generation ~2x faster than fp32.
+(benchmarks/cpu_step.py, RESULTS.md "CPU step benchmark"): a LoRA step of the demo preset 2.9x and
+greedy report generation 1.3x faster than fp32.
 """
 
 from __future__ import annotations
