@@ -313,3 +313,50 @@ def test_training_loss_from_labelled_logits_only_equals_the_full_loss(weighted):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def anatomy_images(n: int, depth: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    """(1, depth, size, size) images sharing one bright 'anatomy', each with a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    anatomy = torch.zeros(1, depth, size, size)
+    anatomy[..., size // 4: 3 * size // 4, size // 8: size // 2] = 0.8
+    return [anatomy + 0.05 * torch.randn(1, depth, size, size, generator=generator) for _ in range(n)]
+
+
+def test_pixel_centering_subtracts_the_mean_image_per_kind_and_resamples_it_to_other_sizes():
+    from medmllm.model.vision import PixelCentering
+
+    centering = PixelCentering(1, (4, 16, 16))
+    flat, volumes = anatomy_images(20, 1, 16), anatomy_images(10, 4, 16, seed=1)
+    image = flat[0][None]
+    torch.testing.assert_close(centering(image), image)  # not fitted: no change
+    found = centering.fit(flat + [v * 3 for v in volumes])
+    assert found["images_2d"] == 20 and found["images_3d"] == 10
+    torch.testing.assert_close(centering.mean_2d, torch.stack(flat).mean(0))
+    torch.testing.assert_close(centering.mean_3d, torch.stack(volumes).mean(0) * 3)
+    centred = torch.cat([centering(x[None]) for x in flat])
+    assert centred.mean().abs() < 1e-5 and centred.std().item() == pytest.approx(1.0, rel=0.02)
+    assert found["scale_3d"] == pytest.approx(3 * found["scale_2d"], rel=0.2)  # each kind its own spread
+    # the anatomy is gone: what is left differs between images as much as it varies at all
+    assert centred.var(0).mean() / centred.pow(2).mean() > 0.9 > torch.stack(flat).var(0).mean() / torch.stack(flat).pow(2).mean()
+    bigger = anatomy_images(1, 1, 32, seed=2)[0][None]  # the same anatomy at 32 x 32: meets the mean resampled
+    residual = centering(bigger) * centering.scale[0]
+    assert residual.shape == bigger.shape and residual.abs().mean() < bigger.abs().mean() / 3
+
+
+def test_a_fitted_pixel_centering_is_saved_with_the_model_and_used_before_the_encoder(tmp_path):
+    model = tiny()
+    inputs = batch([(SAMPLE, [4])])
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    model.enable_pixel_centering((4, 16, 16)).fit(anatomy_images(8, 4, 16))
+    with torch.no_grad():
+        centred = model(**inputs).logits
+    first_patch = SAMPLE.index(PATCH)
+    assert (centred[:, first_patch:] - plain[:, first_patch:]).abs().max() > 1e-3
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.pixel_center_shape == [4, 16, 16]
+    torch.testing.assert_close(loaded.pixel_centering.mean_3d, model.pixel_centering.mean_3d, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, centred, rtol=0, atol=0)

@@ -96,6 +96,9 @@ def test_the_encoder_learns_to_see_the_finding_and_only_the_vision_path_changes(
     saved = results[0].model.state_dict()
     changed = {k.split(".")[0] for k, v in start.state_dict().items() if not torch.equal(v, saved[k])}
     assert changed == ({"vision_encoder", "perceiver", "projector"} if perceiver else {"vision_encoder"})
+    # the pixels were centred on the training images' mean image, which is saved with the model
+    assert results[0].model.config.pixel_center_shape == [8, 32, 32]
+    assert metrics["centering_images_2d"] == 48 and metrics["centering_images_3d"] == 24
     log = [json.loads(line) for line in (results[0].output_dir / "log.jsonl").read_text().splitlines()]
     phases = ["labels", "impression"] if perceiver else ["labels"]
     assert sorted({row["phase"] for row in log}) == sorted(phases)
@@ -112,13 +115,19 @@ def test_the_encoder_learns_to_see_the_finding_and_only_the_vision_path_changes(
         def mean_visual_tokens(split: Path) -> tuple[np.ndarray, list[float]]:
             items = labelled_images(split)
             with torch.no_grad():
-                tokens = [model.projector(model.perceiver(model.vision_encoder(processor.image_tensor(image, str(split))[None]))).mean((0, 1))
-                          for image, _, _ in items]
+                tokens = [model.visual_tokens(processor.image_tensor(image, str(split))[None]).mean((0, 1)) for image, _, _ in items]
             return torch.stack(tokens).numpy(), [labels[OBSERVATIONS.index("Pleural Effusion")] for _, labels, _ in items]
 
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(*mean_visual_tokens(train))
         features, truth = mean_visual_tokens(eval)
         assert roc_auc_score(truth, probe.decision_function(features)) > 0.9
+
+
+def test_centering_can_be_switched_off(splits, tmp_path):
+    train, eval = splits
+    results = run_recipe(warmup_recipe(tmp_path / "run", train, eval, epochs=1, center_pixels=False), keep_model=True)
+    assert results[0].model.pixel_centering is None and results[0].model.config.pixel_center_shape is None
+    assert not any(k.startswith("centering_") for k in results[0].metrics)
 
 
 def test_report_labels_with_lora_or_without_vision_is_refused(splits, tmp_path):

@@ -40,6 +40,9 @@ class MedMLLMConfig(PreTrainedConfig):
         image_recipe_2d / image_recipe_3d: `medmllm.scans.prepare` recipe (a name or a dict of
             `Recipe` fields) that the processor applies to 2D images and to volumes.
         image_mean / image_std: per-channel normalisation after the recipe (CLIP's for ``hf2d``).
+        pixel_center_shape: (D, H, W) of the mean images that `medmllm.model.vision.PixelCentering`
+            subtracts before the vision encoder (None = off). Set by a ``report-labels`` stage,
+            which fits them on its training images.
         image_start_token_id / image_end_token_id / image_patch_token_id: ids of the added tokens,
             set when the tokenizer is extended (`medmllm.model.factory`).
     """
@@ -62,6 +65,7 @@ class MedMLLMConfig(PreTrainedConfig):
     image_recipe_3d: str | dict | None = "radfm-3d"
     image_mean: list | None = None
     image_std: list | None = None
+    pixel_center_shape: list | None = None
     image_start_token_id: int | None = None
     image_end_token_id: int | None = None
     image_patch_token_id: int | None = None

@@ -3,6 +3,7 @@
 Shapes (B batch, N images per sample, L = num_latents, E = LLM hidden size):
 
     pixel_values (B, N, C, D, H, W) --crop each to image_sizes, group equal shapes-->
+    [pixel centering, when fitted: minus the training images' mean image] ->
     vision encoder (n, C, D, H, W) -> (n, T, d) -> perceiver (n, L, d) -> projector (n, L, E)
     -> written by index into the <image_patch> positions of input embeddings (B, S, E) -> LLM
 
@@ -22,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from medmllm.errors import MedMLLMError
 from medmllm.model.configuration import MedMLLMConfig
 from medmllm.model.perceiver import PerceiverResampler
-from medmllm.model.vision import build_vision_encoder
+from medmllm.model.vision import PixelCentering, build_vision_encoder
 
 IGNORE_INDEX = -100
 
@@ -61,6 +62,7 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: MedMLLMConfig, language_model: PreTrainedModel | None = None):
         super().__init__(config)
         self.vision_encoder = build_vision_encoder(config)
+        self.pixel_centering = PixelCentering(config.image_channels, config.pixel_center_shape) if config.pixel_center_shape else None
         dim = self.vision_encoder.hidden_size
         self.perceiver = PerceiverResampler(
             dim, config.num_latents, config.perceiver_depth, config.perceiver_heads, config.perceiver_head_dim,
@@ -140,9 +142,22 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
             rows = [k for k, s in enumerate(sizes) if s == size]
             d, h, w = size
             batch = torch.stack([pixel_values[index[k, 0], index[k, 1], :, :d, :h, :w] for k in rows]).to(dtype)
-            tokens = self.perceiver(self.vision_encoder(batch))
-            out[rows] = self.projector(tokens).to(dtype)  # under autocast the projector gives bf16/fp16
+            out[rows] = self.visual_tokens(batch).to(dtype)  # under autocast the projector gives bf16/fp16
         return self.add_exam_embedding(out, image_mask, image_exam_index)
+
+    def visual_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (n, C, D, H, W) of one size -> visual tokens (n, L, E), before the exam embedding."""
+        if self.pixel_centering is not None:
+            pixels = self.pixel_centering(pixels)
+        return self.projector(self.perceiver(self.vision_encoder(pixels)))
+
+    def enable_pixel_centering(self, shape) -> PixelCentering:
+        """Add (or reset) the `PixelCentering` before the vision encoder, its means of ``shape``
+        (D, H, W); saved with the model through ``config.pixel_center_shape``. Fit it next."""
+        self.config.pixel_center_shape = [int(s) for s in shape]
+        device = next(self.vision_encoder.parameters()).device
+        self.pixel_centering = PixelCentering(self.config.image_channels, shape).to(device)
+        return self.pixel_centering
 
     def add_exam_embedding(self, visual: torch.Tensor, image_mask: torch.Tensor | None, image_exam_index: torch.Tensor | None) -> torch.Tensor:
         """``visual`` (n_images, L, E) plus each image's exam-order embedding (unchanged when the

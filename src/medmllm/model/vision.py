@@ -106,6 +106,58 @@ class HFSliceEncoder(nn.Module):
         return tokens.reshape(b, -1, self.hidden_size)
 
 
+class PixelCentering(nn.Module):
+    """Subtract the training images' mean image and divide by their spread, before the encoder.
+
+    Why: MiniRad's radiographs share one phantom anatomy (as a department's chest films share a
+    chest), so pixels differ between patients only where the findings are. Through a vision
+    encoder trained from random weights, that difference stayed at 1e-5 of the visual tokens'
+    energy: a linear probe could still read it (probes are scale-free), the LLM could not, and its
+    answers did not depend on the image. Centred inputs are the image-specific part alone (the
+    visual tokens' across-image variance rose to 0.26 of their energy; docs/training.md). A
+    pretrained tower (``hf2d``) needs none of this.
+
+    Buffers (saved with the model): ``mean_2d`` (C, 1, H, W) and ``mean_3d`` (C, D, H, W) with
+    (D, H, W) = ``config.pixel_center_shape``, and ``scale`` (2,) (2D, 3D). An image of another
+    size meets its mean resampled (trilinear) to its own size. `fit` sets them; until then (all
+    zero, scale 1) the module changes nothing.
+    """
+
+    def __init__(self, channels: int, shape):
+        super().__init__()
+        d, h, w = (int(s) for s in shape)
+        self.register_buffer("mean_2d", torch.zeros(channels, 1, h, w))
+        self.register_buffer("mean_3d", torch.zeros(channels, d, h, w))
+        self.register_buffer("scale", torch.ones(2))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, C, D, H, W), one size -> centred and scaled, same shape."""
+        is_3d = pixels.shape[2] > 1
+        mean = self.mean_3d if is_3d else self.mean_2d
+        if tuple(mean.shape[1:]) != tuple(pixels.shape[2:]):
+            mean = F.interpolate(mean[None].float(), size=tuple(pixels.shape[2:]), mode="trilinear", align_corners=False)[0]
+        return (pixels - mean.to(pixels.dtype)) / self.scale[int(is_3d)].to(pixels.dtype)
+
+    @torch.no_grad()
+    def fit(self, images: list[torch.Tensor]) -> dict:
+        """Set the means and scales from training images, each (C, D, H, W) of any size (D = 1: 2D).
+        Returns {"images_2d", "images_3d", "scale_2d", "scale_3d"}."""
+        found = {}
+        for k, (name, is_3d) in enumerate((("mean_2d", False), ("mean_3d", True))):
+            chosen = [x for x in images if (x.shape[1] > 1) == is_3d]
+            found[f"images_{'3d' if is_3d else '2d'}"] = len(chosen)
+            if not chosen:
+                continue
+            target = getattr(self, name)
+            size = tuple(target.shape[1:])
+            resized = torch.stack([F.interpolate(x[None].float(), size=size, mode="trilinear", align_corners=False)[0]
+                                   if tuple(x.shape[1:]) != size else x.float() for x in chosen]).to(target.device)
+            target.copy_(resized.mean(dim=0))
+            self.scale[k] = (resized - target).std().clamp_min(1e-6)
+            found[f"scale_{'3d' if is_3d else '2d'}"] = round(float(self.scale[k]), 5)
+        return found
+
+
 def build_vit3d(config) -> ViT3D:
     return ViT3D(config.image_channels, **config.vision_config)
 

@@ -72,6 +72,9 @@ class StageArgs(_Args):
     # encoder alone learns the CheXpert observations of each image's report, a stand-in for a
     # pretrained tower when it starts from random weights (medmllm.train.vision_warmup).
     objective: Literal["language", "report-labels"] = "language"
+    # report-labels only: first fit the model's pixel centering (the training images' mean image,
+    # subtracted before the encoder) on the stage's images; see medmllm.model.vision.PixelCentering.
+    center_pixels: bool = True
     data: DataArgs = Field(default_factory=DataArgs)
     train: FreezeArgs = Field(default_factory=FreezeArgs)
     lora: LoraArgs | None = None

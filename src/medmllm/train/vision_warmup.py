@@ -14,6 +14,11 @@ CheXpert's radiographs in the same way; "uncertain" counts as positive, the U-On
 The head is thrown away at the end. There is one head for 2D images and one for 3D volumes:
 their tokens differ so much that one linear read-out mostly learns the modality.
 
+Before phase 1 (``center_pixels``, the default) the model's `PixelCentering` is fitted on the
+stage's images: their mean image is subtracted before the encoder from then on. Without it, on
+MiniRad (one phantom anatomy, findings the only difference) the visual tokens varied across images
+by 1e-5 of their energy, which linear probes read and the LLM did not (docs/training.md).
+
 With ``train.perceiver`` (the default), a second phase then teaches the perceiver and projector
 (encoder frozen) to say what the encoder saw in words the LLM already reads: each of the
 ``num_latents`` visual tokens is regressed (MSE) onto the LLM's input embedding of the matching
@@ -133,6 +138,10 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
     if not train:
         raise MedMLLMError(f"{stage.data.train}: no image is answered by an assistant turn; report-labels needs image-report samples")
     pixels = [processor.image_tensor(image, f"{stage.data.train}") for image, _, _ in train]
+    centering = {}
+    if stage.center_pixels:
+        pixels, centering = center_pixels(model, pixels)
+        logger.info("stage %s: pixel centering fitted on %s", stage.name, centering)
     labels = torch.from_numpy(np.stack([found for _, found, _ in train]))
     logger.info("stage %s: %d labelled images, positives per observation %s", stage.name, len(train),
                 dict(zip(OBSERVATIONS, labels.sum(0).int().tolist())))
@@ -170,10 +179,26 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
             params = [*model.perceiver.parameters(), *model.projector.parameters(), *readout.parameters()]
             metrics.update(_fit("impression", impression_loss, params, pixels, stage, rng, log, logging_steps))
     model.eval()
-    metrics.update({"train_runtime": round(time.perf_counter() - started, 1), "train_images": len(train)})
+    metrics.update({"train_runtime": round(time.perf_counter() - started, 1), "train_images": len(train),
+                    **{f"centering_{k}": v for k, v in centering.items()}})
     if stage.data.eval is not None:
-        metrics.update(held_out_auroc(encoder, heads, processor, stage.data.eval, stage.batch_size))
+        metrics.update(held_out_auroc(encoder, heads, processor, stage.data.eval, stage.batch_size, model.pixel_centering))
     return metrics
+
+
+def center_pixels(model, pixels: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict]:
+    """Fit ``model``'s pixel centering on ``pixels`` (each (C, D, H, W)) and return them centred.
+    Its means take the most common volume size (the 2D mean its H x W), else the images' own."""
+    from collections import Counter
+
+    sizes = Counter(tuple(x.shape[1:]) for x in pixels)
+    volumes = [size for size, _ in sizes.most_common() if size[0] > 1]
+    shape = volumes[0] if volumes else sizes.most_common(1)[0][0]
+    centering = model.enable_pixel_centering(shape)
+    found = centering.fit(pixels)
+    device = centering.scale.device
+    with torch.no_grad():
+        return [centering(x[None].to(device))[0].cpu() for x in pixels], found
 
 
 def impression_embeddings(model, processor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,8 +258,9 @@ def _fit(phase: str, loss_of, params: list, pixels: list[torch.Tensor], stage, r
 
 
 @torch.no_grad()
-def held_out_auroc(encoder, heads, processor, path: Path, batch_size: int) -> dict:
-    """``eval_auroc/{2d,3d}/OBSERVATION`` on the labelled images of ``path`` (observations with both classes)."""
+def held_out_auroc(encoder, heads, processor, path: Path, batch_size: int, centering=None) -> dict:
+    """``eval_auroc/{2d,3d}/OBSERVATION`` on the labelled images of ``path`` (observations with both
+    classes), each image centred first by ``centering`` (the model's `PixelCentering`) when given."""
     from medmllm.eval.labeler.chexpert import OBSERVATIONS
 
     items = labelled_images(path)
@@ -245,7 +271,8 @@ def held_out_auroc(encoder, heads, processor, path: Path, batch_size: int) -> di
     device = next(encoder.parameters()).device
     scores = np.zeros_like(targets)
     for batch in batches_by_shape([tuple(p.shape) for p in pixels], batch_size, random.Random(0)):
-        scores[batch] = torch.sigmoid(heads(encoder, torch.stack([pixels[i] for i in batch]).to(device))).cpu().numpy()
+        x = torch.stack([pixels[i] for i in batch]).to(device)
+        scores[batch] = torch.sigmoid(heads(encoder, centering(x) if centering is not None else x)).cpu().numpy()
     out = {}
     for kind in ("2d", "3d"):
         rows = [i for i, p in enumerate(pixels) if (p.shape[1] == 1) == (kind == "2d")]
@@ -256,4 +283,4 @@ def held_out_auroc(encoder, heads, processor, path: Path, batch_size: int) -> di
     return out
 
 
-__all__ = ["ReportLabelHeads", "auroc", "batches_by_shape", "held_out_auroc", "impression_embeddings", "labelled_images", "run_report_label_stage"]
+__all__ = ["ReportLabelHeads", "auroc", "batches_by_shape", "center_pixels", "held_out_auroc", "impression_embeddings", "labelled_images", "run_report_label_stage"]
