@@ -61,14 +61,38 @@ def test_stage_datasets_follow_p2med(minirad, tmp_path):
     assert knowledge and all(s.task.startswith("p2med/report") for s in knowledge)  # stage 1: image-report pairs
     from collections import Counter
 
-    before = Counter(s.task for s in train)
-    after = Counter(s.task for s in read_samples(paths["task-balanced"]))
-    median = sorted(before.values())[len(before) // 2]
-    assert set(after) == set(before)  # every task is represented
-    assert all(after[task] == min(before[task], median) for task in before)  # big tasks cut to the median, small ones kept whole
+    from medmllm.demo.pipeline import answers_no, task_family, text_length
+
+    before = Counter(task_family(s) for s in train)
+    task_balanced = list(read_samples(paths["task-balanced"]))
+    after = Counter(task_family(s) for s in task_balanced)
+    assert set(after) == set(before) and "reports" in after  # every family is represented; both report tasks are one
+    # yes/no questions: as many "no" as "yes" (MiniRad asks two "no" in three)
+    questions = stage_datasets(train, tmp_path / "questions", seed=0, source=minirad, tasks=("radbench/diagnosis-judgement",))
+    asked = Counter(answers_no(s) for s in train if s.task == "radbench/diagnosis-judgement")
+    answers = Counter(answers_no(s) for s in read_samples(questions["task-balanced"]))
+    assert asked[True] > asked[False] and answers[True] == answers[False] == asked[False]
+    # families balanced by text: the one with the least keeps all, the others about as much text
+    text = {family: sum(text_length(s) for s in task_balanced if task_family(s) == family) for family in after}
+    least = min(text, key=text.get)
+    longest_sample = max(text_length(s) for s in task_balanced)
+    assert all(abs(text[family] - text[least]) <= 2 * longest_sample for family in text), text
+    chosen = stage_datasets(train, tmp_path / "chosen", seed=0, source=minirad, tasks=REPORT_TASKS)
+    assert {s.task for s in read_samples(chosen["task-balanced"])} <= set(REPORT_TASKS)
     for name, path in blind.items():
         assert [s.id for s in read_samples(path)] == [s.id for s in read_samples(paths[name])]
         assert all(not s.images for s in read_samples(path))
+
+
+def test_token_balanced_counts_keep_the_least_family_whole_and_give_the_others_its_tokens_times_their_share():
+    from medmllm.demo.pipeline import token_balanced_counts
+
+    samples = [("questions", 10)] * 10 + [("reports", 100)] * 8  # 100 and 800 tokens
+    family, length = (lambda s: s[0]), (lambda s: s[1])
+    assert token_balanced_counts(samples, family, length) == {"questions": 10, "reports": 1}
+    assert token_balanced_counts(samples, family, length, {"reports": 3}) == {"questions": 10, "reports": 3}
+    # a share below 1 on the smallest family: the others are cut to twice its tokens
+    assert token_balanced_counts(samples, family, length, {"questions": 0.5}) == {"questions": 10, "reports": 2}
 
 
 def test_no_mrc_stage_datasets_hold_one_exam_per_report_sample(minirad, tmp_path):
@@ -177,4 +201,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert "not from the image" not in summary_markdown(seeing)
     assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
+    asked = list(read_samples(out / "data" / "benchmark" / "diagnosis.jsonl"))
+    assert summary["always_no_accuracy"] == sum(s.targets["answer"] == "no" for s in asked) / len(asked)
+    assert f"accuracy {summary['always_no_accuracy']:.3f}" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

@@ -24,6 +24,7 @@ def demo(
     n: int = typer.Option(6000, "--n", min=100, help="MiniRad samples to synthesise (train split -> stages; val + test -> benchmark)."),
     seed: int = typer.Option(0, "--seed", help="MiniRad and training seed."),
     mrc: bool = typer.Option(True, "--mrc/--no-mrc", help="Follow-up exams as multi-round conversations (P2Med), or one exam per sample."),
+    all_tasks: bool = typer.Option(False, "--all-tasks", help="Train on every MiniRad task family (records, VQA, ...), not only the benchmark's (slower per useful step)."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
@@ -33,7 +34,8 @@ def demo(
         return
     from medmllm.demo import DEMO_RECIPE, DemoConfig, run_demo, summary_markdown
 
-    summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo))
+    summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo,
+                                  **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")
     typer.echo(f"Talk to the trained model:\n  medmllm serve keys add {out}/keys.txt\n"

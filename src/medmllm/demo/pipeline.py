@@ -27,6 +27,7 @@ from pathlib import Path
 
 from medmllm.data.schema import Sample
 from medmllm.demo.benchmark import (
+    DIAGNOSIS_TASKS,
     HEADLINE,
     LABEL_F1,
     PARTS,
@@ -42,6 +43,7 @@ from medmllm.demo.benchmark import (
 )
 
 DEMO_RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "demo.yaml"
+DEMO_TASKS = DIAGNOSIS_TASKS + REPORT_TASKS
 
 
 @dataclass
@@ -50,10 +52,17 @@ class DemoConfig:
     n: int = 6000  # MiniRad samples (the train split feeds the stages, val + test the benchmark)
     seed: int = 0
     mrc: bool = True  # train on multi-round conversations over a visit's exams (P2Med); --no-mrc: one exam per sample
+    # the task families the stages train on (None: all of MiniRad's): the ones the benchmark asks,
+    # so that a few minutes of steps go to them (--all-tasks trains on every family, slower)
+    tasks: tuple[str, ...] | None = DEMO_TASKS
+    # the report conversations' tokens per yes/no questions' tokens in stage 2 and in stage 3:
+    # stage 2 mostly teaches reading the image (questions, cheap), stage 3 weights the reports up;
+    # in ten CPU minutes the model still learns to answer a report request "no" (docs/demo.md)
+    report_share: tuple[float, float] = (0.5, 2.0)
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
-    eval_limits: dict[str, int | None] = field(default_factory=lambda: {"diagnosis": 400, "reports": 96, "follow-up": 64})
+    eval_limits: dict[str, int | None] = field(default_factory=lambda: {"diagnosis": 400, "reports": 64, "follow-up": 64})
     max_new_tokens: int = 96
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
@@ -71,7 +80,8 @@ def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
 
 
 def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None,
-                   mrc: bool = True) -> dict[str, Path]:
+                   mrc: bool = True, tasks: tuple[str, ...] | None = None, length_of=None,
+                   report_share: tuple[float, float] = (1.0, 1.0)) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -81,21 +91,43 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``blind``: the same samples with their images removed (the text-only comparison model).
     ``source``: the folder the samples' image paths are relative to (default ``folder``).
     ``mrc=False``: each report conversation split into its exams, one sample each (P2Med's "w/o MRC").
-    """
-    from collections import Counter
+    ``tasks``: the task families kept (None: all).
+    ``length_of``: a sample's length in tokens (default: its characters, `text_length`).
 
+    Stage 2 balances the task families by tokens, not by samples (`token_balanced_counts`): a
+    report conversation over a visit (~480 tokens) costs a CPU step as much as eight yes/no
+    questions (~60), so equal sample counts would spend nine tenths of the demo's minutes on
+    reports. The two report tasks (radiographs, CT) are one family, and it gets ``report_share[0]``
+    times the tokens of each other family. Stage 3 draws per disease category (normal included) and
+    is balanced the same way, the reports with ``report_share[1]``.
+
+    Yes/no diagnosis questions are balanced first, as many "no" as "yes" (`balance_normal` over the
+    answers): MiniRad asks every normal exam a "no" question, two answers in three are "no", and a
+    few minutes of steps on that learn to say "no" (accuracy 0.66, balanced accuracy 0.5).
+    """
     from medmllm.data.conversations import split_conversation
-    from medmllm.data.curate.balance import balance_by_category, balance_by_task, diseases_of
+    from medmllm.data.curate.balance import balance_by_category, balance_by_task, balance_normal, diseases_of
     from medmllm.data.io import write_samples
 
     folder.mkdir(parents=True, exist_ok=True)
+    if tasks is not None:
+        train = [s for s in train if s.task in tasks]
+    length_of = length_of or text_length
+
+    def balanced(samples: list[Sample], reports: float) -> list[Sample]:
+        """As many "no" as "yes" answers, then the families balanced by tokens (``reports``: the reports' share)."""
+        samples, _ = balance_normal(samples, lambda s: answers_no(s) if s.task in DIAGNOSIS_TASKS else None, seed=seed)
+        counts = token_balanced_counts(samples, task_family, length_of, {"reports": reports})
+        return balance_by_task(samples, counts, seed, task_of=task_family)[0]
+
     if not mrc:
         train = [one for s in train for one in (split_conversation(s) if s.task in REPORT_TASKS else [s])]
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
-    counts = sorted(Counter(s.task for s in train).values())
-    per_task = counts[len(counts) // 2]  # the median task size: small tasks keep all theirs
-    task_balanced, _ = balance_by_task(train, per_task, seed)
-    disease_balanced, _ = balance_by_category(train, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(train) // 12), seed=seed)
+    task_balanced = balanced(train, report_share[0])
+    # drawn per disease, then balanced again: the draw favours questions about a disease the
+    # patient has, and a stage of mostly "yes" taught the model to answer a report request "yes"
+    by_disease, _ = balance_by_category(train, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(train) // 12), seed=seed)
+    disease_balanced = balanced(by_disease, report_share[1])
     stages = {"knowledge": knowledge, "task-balanced": task_balanced, "disease-balanced": disease_balanced}
     paths = {}
     for name, samples in stages.items():
@@ -105,6 +137,44 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
         paths[name] = path
     paths["vision-warmup"] = paths["knowledge"]  # recipes/demo.yaml's first stage reads the reports' labels
     return paths
+
+
+def task_family(sample: Sample) -> str:
+    """The report tasks (radiographs, CT) are one family; every other task its own."""
+    return "reports" if sample.task in REPORT_TASKS else sample.task
+
+
+def text_length(sample: Sample) -> int:
+    """Characters of text in the sample's turns (a stand-in for its tokens)."""
+    return sum(len(part.text) for turn in sample.turns for part in turn.content if getattr(part, "text", None))
+
+
+def token_balanced_counts(samples: list[Sample], family_of, length_of, shares: dict[str, float] | None = None) -> dict[str, int]:
+    """{family: samples to keep} so that every family keeps about as many tokens (``length_of``) as
+    the family with the fewest tokens in all has (that family keeps all its samples, the others a
+    share), times ``shares[family]`` (default 1) for the families named there."""
+    from collections import defaultdict
+
+    shares = shares or {}
+    members: dict[str, list[int]] = defaultdict(list)
+    for s in samples:
+        members[family_of(s)].append(length_of(s))
+    budget = min(sum(lengths) / shares.get(family, 1.0) for family, lengths in members.items())
+    return {family: min(len(lengths), max(1, round(budget * shares.get(family, 1.0) / (sum(lengths) / len(lengths)))))
+            for family, lengths in members.items()}
+
+
+def answers_no(sample: Sample) -> bool:
+    """Whether a yes/no question's answer is "no"."""
+    return str(sample.targets.get("answer", "")).strip().lower() == "no"
+
+
+def always_no_accuracy(bench: Path) -> float | None:
+    """The diagnosis accuracy of a model that answers "no" to every question of ``bench``."""
+    from medmllm.data.io import read_samples
+
+    answers = [answers_no(s) for s in read_samples(bench)]
+    return sum(answers) / len(answers) if answers else None
 
 
 def benchmark(samples: list[Sample], path: Path, source: Path, *, blind: bool = False, limit: int | None = None) -> Path:
@@ -172,9 +242,27 @@ def run_demo(config: DemoConfig) -> dict:
     held_out = list(read_samples(data / "test.jsonl")) + list(read_samples(data / "val.jsonl"))
     done()
 
+    done = step("untrained model")
+    untrained_dir = out / "untrained-model"
+    if not (untrained_dir / "config.json").exists():
+        from transformers import set_seed
+
+        set_seed(recipe.run.seed)
+        model, processor = load_start(recipe, 0)
+        model.save_pretrained(untrained_dir)
+        processor.save_pretrained(untrained_dir)
+        del model
+    done()
+
     done = step("stage datasets")
-    seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, mrc=config.mrc)
-    blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, mrc=config.mrc)
+    from medmllm.model.processor import MedMLLMProcessor
+
+    processor = MedMLLMProcessor.from_pretrained(untrained_dir)
+    tokens = lambda s: processor.count_tokens(s.to_messages(data))  # noqa: E731  (no image is read)
+    seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, mrc=config.mrc, tasks=config.tasks, length_of=tokens,
+                            report_share=config.report_share)
+    blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, mrc=config.mrc, tasks=config.tasks, length_of=tokens,
+                           report_share=config.report_share)
     for name, path in seeing.items():
         log(f"{name}: {len(path.read_text().splitlines())} samples -> {path}")
     done()
@@ -187,17 +275,6 @@ def run_demo(config: DemoConfig) -> dict:
     done = step("train the blind model (text only)")
     blind_recipe = on_datasets(recipe, out / "run-blind", blind, lora_only=True)  # without images only the LLM can learn
     blind_dir = run_recipe(blind_recipe, resume=True)[-1].model_dir
-    done()
-
-    done = step("untrained model")
-    untrained_dir = out / "untrained-model"
-    if not (untrained_dir / "config.json").exists():
-        from transformers import set_seed
-
-        set_seed(recipe.run.seed)
-        model, processor = load_start(recipe, 0)
-        model.save_pretrained(untrained_dir)
-        processor.save_pretrained(untrained_dir)
     done()
 
     done = step("evaluate on the held-out MiniRad patients")
@@ -231,9 +308,10 @@ def run_demo(config: DemoConfig) -> dict:
     comparison = {label: {"trained_vs_blind_cis_overlap": overlap(numbers["trained"][label], numbers["blind"][label]),
                           "trained_better": (numbers["trained"][label]["value"] or 0) > (numbers["blind"][label]["value"] or 0)}
                   for label in HEADLINE}
-    summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe)},
+    summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe),
+                          "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share)},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
-               "follow_up": follow_up, "label_f1_shuffled": shuffled,
+               "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
                "timings_s": config.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary) + "\n")
@@ -261,6 +339,9 @@ def summary_markdown(summary: dict) -> str:
         if label == LABEL_F1 and shuffled["p"] is not None and shuffled["p"] >= 0.05:
             ci += f"; but its reports score as well on other exams (shuffled {shuffled['value']:.3f}, p={shuffled['p']:.2f}): not from the image"
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
+    if summary.get("always_no_accuracy") is not None:
+        lines.append(f"- For scale: answering \"no\" to every question scores diagnosis accuracy {summary['always_no_accuracy']:.3f} "
+                     "(balanced accuracy 0.5): MiniRad asks every normal exam a \"no\" question.")
     lines += ["", "Label F1 with each model's reports given to the exams in a random order (mean of 1,000 shuffles; p: the share of "
               "shuffles that score at least the real F1; near 0 only for a model whose reports depend on the image): "
               + "; ".join(f"{name} {v['value']:.3f} (p={v['p']:.2f})" for name, v in summary["label_f1_shuffled"].items() if v["value"] is not None)
@@ -273,4 +354,4 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEMO_RECIPE", "DemoConfig", "benchmark", "described", "on_datasets", "rebase", "run_demo", "stage_datasets", "summary_markdown"]
+__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "always_no_accuracy", "answers_no", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "on_datasets", "rebase", "run_demo", "stage_datasets", "summary_markdown"]
