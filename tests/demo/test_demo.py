@@ -61,7 +61,8 @@ def test_stage_datasets_follow_p2med(minirad, tmp_path):
     assert knowledge and all(s.task.startswith("p2med/report") for s in knowledge)  # stage 1: image-report pairs
     from collections import Counter
 
-    from medmllm.demo.pipeline import answers_no, task_family, text_length
+    from medmllm.demo.benchmark import answers_no
+    from medmllm.demo.pipeline import task_family, text_length
 
     before = Counter(task_family(s) for s in train)
     task_balanced = list(read_samples(paths["task-balanced"]))

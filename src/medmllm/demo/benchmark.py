@@ -143,6 +143,19 @@ def impressions(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(impression(p), impression(r)) for p, r in pairs]
 
 
+def answers_no(sample: Sample) -> bool:
+    """Whether a yes/no question's answer is "no"."""
+    return str(sample.targets.get("answer", "")).strip().lower() == "no"
+
+
+def always_no_accuracy(bench: Path) -> float | None:
+    """The diagnosis accuracy of a model that answers "no" to every question of ``bench``."""
+    from medmllm.data.io import read_samples
+
+    answers = [answers_no(s) for s in read_samples(bench)]
+    return sum(answers) / len(answers) if answers else None
+
+
 def balanced_accuracy(eval_dir: Path, bench: Path, resamples: int = 1000) -> dict:
     """The mean of the accuracy on the questions whose answer is "yes" and on those whose answer is
     "no", with a bootstrap 95% CI. MiniRad asks more questions whose answer is "no" (two in three
@@ -195,5 +208,5 @@ def overlap(a: dict, b: dict) -> bool | None:
 
 
 __all__ = ["ACCURACY", "BALANCED", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
-           "balanced_accuracy", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
+           "always_no_accuracy", "answers_no", "balanced_accuracy", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
            "predictions_and_references", "shuffled_label_f1", "strip_images"]

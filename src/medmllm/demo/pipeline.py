@@ -32,6 +32,8 @@ from medmllm.demo.benchmark import (
     LABEL_F1,
     PARTS,
     REPORT_TASKS,
+    always_no_accuracy,
+    answers_no,
     first_exams,
     follow_up_numbers,
     follow_ups,
@@ -162,19 +164,6 @@ def token_balanced_counts(samples: list[Sample], family_of, length_of, shares: d
     budget = min(sum(lengths) / shares.get(family, 1.0) for family, lengths in members.items())
     return {family: min(len(lengths), max(1, round(budget * shares.get(family, 1.0) / (sum(lengths) / len(lengths)))))
             for family, lengths in members.items()}
-
-
-def answers_no(sample: Sample) -> bool:
-    """Whether a yes/no question's answer is "no"."""
-    return str(sample.targets.get("answer", "")).strip().lower() == "no"
-
-
-def always_no_accuracy(bench: Path) -> float | None:
-    """The diagnosis accuracy of a model that answers "no" to every question of ``bench``."""
-    from medmllm.data.io import read_samples
-
-    answers = [answers_no(s) for s in read_samples(bench)]
-    return sum(answers) / len(answers) if answers else None
 
 
 def benchmark(samples: list[Sample], path: Path, source: Path, *, blind: bool = False, limit: int | None = None) -> Path:
@@ -354,4 +343,4 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "always_no_accuracy", "answers_no", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "on_datasets", "rebase", "run_demo", "stage_datasets", "summary_markdown"]
+__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "on_datasets", "rebase", "run_demo", "stage_datasets", "summary_markdown"]
