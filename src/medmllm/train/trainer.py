@@ -337,6 +337,8 @@ def run_vision_warmup(recipe: Recipe, index: int, *, keep_model: bool = False) -
         out.mkdir(parents=True)
     set_seed(recipe.run.seed)
     model, processor = load_start(recipe, index)
+    if torch.cuda.is_available():  # the stage's own loop (no Trainer) puts nothing on the GPU by itself
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     log_path = out / "log.jsonl" if main else Path(os.devnull)
     metrics = run_report_label_stage(model, processor, stage, recipe.run.seed, log_path, recipe.run.logging_steps)
     logger.info("stage %s: %s", stage.name, metrics)
