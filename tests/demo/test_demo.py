@@ -196,10 +196,13 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert set(summary["label_f1_shuffled"]) == {"trained", "untrained", "blind"}
     from medmllm.demo import summary_markdown
 
-    unseeing = {**summary, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.44, "n": 12}}}
+    better = {**summary, "comparison": {label: {**c, "trained_better": True} for label, c in summary["comparison"].items()}}
+    unseeing = {**better, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.44, "n": 12}}}
     assert "not from the image" in summary_markdown(unseeing)
-    seeing = {**summary, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.0, "n": 12}}}
+    seeing = {**better, "label_f1_shuffled": {**summary["label_f1_shuffled"], "trained": {"value": 0.1, "p": 0.0, "n": 12}}}
     assert "not from the image" not in summary_markdown(seeing)
+    worse = {**unseeing, "comparison": {label: {**c, "trained_better": False} for label, c in summary["comparison"].items()}}
+    assert "not from the image" not in summary_markdown(worse)  # nothing to qualify when it is not better
     assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
     asked = list(read_samples(out / "data" / "benchmark" / "diagnosis.jsonl"))

@@ -123,6 +123,30 @@ def test_the_encoder_learns_to_see_the_finding_and_only_the_vision_path_changes(
         assert roc_auc_score(truth, probe.decision_function(features)) > 0.9
 
 
+def test_with_impression_words_the_visual_tokens_say_the_impression(splits, tmp_path):
+    """Each held-out image's first visual token, read by the LLM's output layer over the impressions'
+    words, is the first word of its own impression ("Right" / "Normal") with impression_words only."""
+    from medmllm.train.vision_warmup import impression_embeddings
+
+    train, eval = splits
+    items = labelled_images(eval)
+
+    def first_words_right(impression_words: bool) -> float:
+        seen = run_recipe(warmup_recipe(tmp_path / str(impression_words), train, eval, impression_words=impression_words), keep_model=True)[0]
+        model, processor = seen.model, seen.processor
+        _, mask, ids = impression_embeddings(model, processor, [EFFUSION, CLEAR])
+        words = torch.unique(ids[mask > 0])
+        output = model.language_model.get_output_embeddings().weight[words]
+        with torch.no_grad():
+            first = torch.stack([model.visual_tokens(processor.image_tensor(image, str(eval))[None])[0, 0] for image, _, _ in items])
+        said = words[(first @ output.T).argmax(-1)]
+        expected = torch.tensor([ids[0 if text == EFFUSION else 1, 0].item() for _, _, text in items])
+        return (said == expected).float().mean().item()
+
+    assert first_words_right(True) > 0.9
+    assert first_words_right(False) < 0.6  # the regression alone: near the average target, one word for all
+
+
 def test_centering_can_be_switched_off(splits, tmp_path):
     train, eval = splits
     results = run_recipe(warmup_recipe(tmp_path / "run", train, eval, epochs=1, center_pixels=False), keep_model=True)
@@ -143,10 +167,11 @@ def test_impression_targets_are_the_llms_embeddings_of_the_impression():
     from medmllm.train.vision_warmup import impression_embeddings
 
     model, processor = build("tiny")
-    targets, mask = impression_embeddings(model, processor, [EFFUSION, "no impression section"])
+    targets, mask, token_ids = impression_embeddings(model, processor, [EFFUSION, "no impression section"])
     ids = processor.tokenizer("Right pleural effusion.", add_special_tokens=False)["input_ids"][: model.config.num_latents]
     table = model.language_model.get_input_embeddings().weight
     torch.testing.assert_close(targets[0, : len(ids)], table[ids].detach())
+    assert token_ids[0, : len(ids)].tolist() == ids and not token_ids[0, len(ids):].any()
     assert mask[0].sum() == len(ids) and mask[1].sum() > 0
 
 

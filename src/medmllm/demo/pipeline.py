@@ -325,7 +325,7 @@ def summary_markdown(summary: dict) -> str:
         verdict = "better than the blind model" if c["trained_better"] else "NOT better than the blind model"
         ci = {True: "95% CIs overlap", False: "95% CIs do not overlap", None: "CI missing"}[c["trained_vs_blind_cis_overlap"]]
         shuffled = summary["label_f1_shuffled"]["trained"]
-        if label == LABEL_F1 and shuffled["p"] is not None and shuffled["p"] >= 0.05:
+        if label == LABEL_F1 and c["trained_better"] and shuffled["p"] is not None and shuffled["p"] >= 0.05:  # better, yet not from the image
             ci += f"; but its reports score as well on other exams (shuffled {shuffled['value']:.3f}, p={shuffled['p']:.2f}): not from the image"
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
     if summary.get("always_no_accuracy") is not None:

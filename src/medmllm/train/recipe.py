@@ -75,6 +75,10 @@ class StageArgs(_Args):
     # report-labels only: first fit the model's pixel centering (the training images' mean image,
     # subtracted before the encoder) on the stage's images; see medmllm.model.vision.PixelCentering.
     center_pixels: bool = True
+    # report-labels only: phase 2 also scores each visual token with the LLM's output layer against
+    # the impression's token (cross-entropy), so that the tokens decode to the impression's words
+    # (docs/training.md; on the demo it did not help the LLM read them, so it is off by default).
+    impression_words: bool = False
     data: DataArgs = Field(default_factory=DataArgs)
     train: FreezeArgs = Field(default_factory=FreezeArgs)
     lora: LoraArgs | None = None
