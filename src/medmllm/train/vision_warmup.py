@@ -32,7 +32,8 @@ The LLM stages alone could not teach the perceiver to pass on what the encoder s
 steps. With ``impression_words`` each token is also read by the LLM's output layer, over the words
 impressions use, with the cross-entropy of its impression token: the tokens then decode to the
 impression ("Left pneumothorax." for a held-out film with a left pneumothorax) instead of to the
-same nonsense for every film (docs/training.md).
+same nonsense for every film (docs/training.md). The next stages, as P2Med's, train the perceiver
+and LoRA with the LLM's loss.
 
 Measured on MiniRad at 64 x 64 (demo preset, 2 CPU cores, ~6 s per epoch of 1,600 images), with
 MiniRad's exact finding labels and lr 1e-3: held-out AUROC after 2 epochs 0.94 cardiomegaly and
@@ -164,10 +165,10 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
         metrics = _fit("labels", labels_loss, [*encoder.parameters(), *heads.parameters()], pixels, stage, rng, log, logging_steps)
         if stage.train.perceiver:
             targets, mask, ids = impression_embeddings(model, processor, [text for _, _, text in train])
-            # impression_words: the words impressions use (a few hundred), a 100th of the vocabulary's cost
-            words = torch.unique(ids[mask > 0])
-            vocabulary = model.language_model.get_output_embeddings().weight.detach()[words.to(device)]
-            ids = torch.searchsorted(words, ids)
+            if stage.impression_words:  # scored over the words impressions use (a few hundred): a 100th of the vocabulary's cost
+                words = torch.unique(ids[mask > 0])
+                vocabulary = model.language_model.get_output_embeddings().weight.detach()[words.to(device)]
+                ids = torch.searchsorted(words, ids)
 
             readout = ReportLabelHeads(model.config.text_config.hidden_size, len(OBSERVATIONS)).to(device)
 
