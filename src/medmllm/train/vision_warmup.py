@@ -220,16 +220,15 @@ def impression_embeddings(model, processor, texts: list[str]) -> tuple[torch.Ten
     the token ids (n, L; 0 where masked)."""
     table = model.language_model.get_input_embeddings().weight.detach()
     length = model.config.num_latents
-    targets = torch.zeros(len(texts), length, table.shape[1], dtype=table.dtype)
+    ids = torch.zeros(len(texts), length, dtype=torch.long)
     mask = torch.zeros(len(texts), length)
-    all_ids = torch.zeros(len(texts), length, dtype=torch.long)
     for i, text in enumerate(texts):
         impression = text.split("[Impression]")[-1].strip()
-        ids = processor.tokenizer(impression, add_special_tokens=False)["input_ids"][:length]
-        targets[i, : len(ids)] = table[ids].cpu()
-        mask[i, : len(ids)] = 1
-        all_ids[i, : len(ids)] = torch.tensor(ids)
-    return targets, mask, all_ids
+        found = processor.tokenizer(impression, add_special_tokens=False)["input_ids"][:length]
+        ids[i, : len(found)] = torch.tensor(found, dtype=torch.long)
+        mask[i, : len(found)] = 1
+    targets = table[ids.to(table.device)].cpu() * mask[..., None].to(table.dtype)
+    return targets, mask, ids
 
 
 def _fit(phase: str, loss_of, params: list, pixels: list[torch.Tensor], stage, rng: random.Random, log, logging_steps: int) -> dict:
