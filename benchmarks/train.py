@@ -1,4 +1,4 @@
-"""Benchmark: training throughput (samples/s, tokens/s) of the demo recipe's two stage kinds on CPU,
+"""Benchmark: training throughput (samples/s, tokens/s) of P2Med's two stage kinds on CPU,
 against plain LoRA fine-tuning of the same LLM on the same text with the transformers Trainer.
 
 Run by hand, not by the test suite (see benchmarks/README.md):
@@ -13,7 +13,8 @@ Measured, each in the same process one after the other, on the same samples:
 
     align     `medmllm.train.run_stage`: perceiver + projector trained, vision and LLM frozen
               (the demo recipe's first stage)
-    instruct  the same with LoRA on the LLM (r 8, alpha 16) and the perceiver trained (the second)
+    instruct  the same with LoRA on the LLM (r 8, alpha 16) and the perceiver trained (P2Med's
+              second and third; the demo recipe now fine-tunes the LLM's top layers instead)
     anchor    the LLM alone (no vision, no perceiver) with the same LoRA through the transformers
               Trainer on the same text with the image parts removed: the cost of the language
               model itself, which the multimodal stages cannot go below

@@ -174,7 +174,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
         "model": {"preset": "tiny"}, "data": {"max_tokens": 4096}, "run": {"output_dir": "run", "save_steps": None, "report_to": [], "eval_generate": 0},
         "stages": [{"name": "knowledge", "data": {"train": "k.jsonl"}, **stage},
                    {"name": "task-balanced", "data": {"train": "t.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage},
-                   {"name": "disease-balanced", "data": {"train": "d.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage}]}))
+                   {"name": "disease-balanced", "data": {"train": "d.jsonl"}, **stage, "train": {"llm": True}}]}))  # the LLM's own weights
     lines: list[str] = []
     summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": 12, "reports": 12, "follow-up": 6}, max_new_tokens=8, log=lines.append))
     out = tmp_path / "out"
@@ -184,7 +184,8 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
             assert (out / "eval" / name / part / "report.html").exists() and (out / "eval" / name / part / "metrics.json").exists()
         accuracy = summary["numbers"][name]["diagnosis accuracy"]
         assert accuracy["value"] is None or 0.0 <= accuracy["value"] <= 1.0
-    # Three seeing stages, two blind ones (stage 1 trains only the vision path, which the blind model lacks).
+    # Three seeing stages, two blind ones: those that train the LLM, with LoRA or its own weights (stage 1
+    # trains only the vision path, which the blind model lacks).
     assert [p.name for p in sorted((out / "run").iterdir()) if p.is_dir()] == ["disease-balanced", "knowledge", "task-balanced"]
     assert sorted(p.name for p in (out / "run-blind").iterdir() if p.is_dir()) == ["disease-balanced", "task-balanced"]
     assert all(not s.images for part in ("diagnosis", "reports") for s in read_samples(out / "data" / "benchmark-blind" / f"{part}.jsonl"))

@@ -181,6 +181,20 @@ def test_frozen_llm_still_passes_gradients_to_the_perceiver():
     assert all(p.grad is None for p in model.language_model.parameters())
 
 
+def test_llm_layers_trains_only_the_top_decoder_layers_and_stops_the_backward_there():
+    model = tiny().train()  # 2 decoder layers
+    all_llm = set_trainable(model, vision=False, perceiver=False, llm=True, embeddings=False)["llm"]
+    counts = set_trainable(model, vision=False, perceiver=False, llm=True, embeddings=False, llm_layers=1)
+    assert 0 < counts["llm"] < all_llm and counts["perceiver"] == counts["vision"] == 0
+    inputs = batch([(SAMPLE, [4])])
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    bottom, top = model.language_model.model.layers
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is None for p in bottom.parameters())
+    assert model.language_model.model.norm.weight.grad is not None  # the final norm trains with the top layers
+    assert all(p.grad is None for p in model.perceiver.parameters())
+
+
 def test_2d_3d_and_text_only_samples_train_together_in_one_batch():
     model = tiny().train()
     set_trainable(model, vision=True, perceiver=True, llm=True, embeddings=True)

@@ -200,6 +200,27 @@ def test_gradient_accumulation_2x1_equals_batch_2(data, tmp_path):
             torch.testing.assert_close(deltas[0][k], -0.5 * p.grad, atol=1e-6, rtol=1e-4, msg=k)
 
 
+def test_perceiver_learning_rate_scales_only_the_perceivers_step(data, tmp_path):
+    """One SGD step (its size is linear in the rate) with the perceiver at a tenth of the stage's rate:
+    the perceiver moves a tenth as far as with one rate for all, the LLM exactly as far."""
+    common = {"train": {"perceiver": True, "llm": True}, "epochs": 1, "batch_size": 3, "learning_rate": 0.5, "optim": "sgd", "max_grad_norm": 0, **FAST}
+    deltas = []
+    for name, extra in (("one-rate", {}), ("own-rate", {"perceiver_learning_rate": 0.05})):
+        recipe = make_recipe(tmp_path / name, data / "train.jsonl", stages=[{"name": "s", **common, **extra}])
+        start, _ = load_model_from_preset_seeded(recipe)
+        [result] = run_recipe(recipe, keep_model=True)
+        s0, s1 = state(start), state(result.model)
+        deltas.append({k: s1[k] - s0[k] for k in s0})
+    one, own = deltas
+    perceiver = [k for k in one if k.startswith(("perceiver.", "projector.")) and one[k].abs().max() > 1e-5]
+    llm = [k for k in one if k.startswith("language_model.") and one[k].abs().max() > 1e-5]
+    assert perceiver and llm
+    for k in perceiver:
+        torch.testing.assert_close(own[k], 0.1 * one[k], atol=1e-6, rtol=1e-3, msg=k)
+    for k in llm:
+        torch.testing.assert_close(own[k], one[k], atol=1e-6, rtol=1e-3, msg=k)
+
+
 def test_num_items_is_the_total_learned_weight():
     labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])
     weights = torch.tensor([[0.0, 2.0, 2.0, 0.0], [0.0, 0.0, 1.0, 1.0]])

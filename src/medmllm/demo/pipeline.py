@@ -176,12 +176,13 @@ def benchmark(samples: list[Sample], path: Path, source: Path, *, blind: bool = 
     return path
 
 
-def on_datasets(recipe, output_dir: Path, datasets: dict[str, Path], *, lora_only: bool = False):
+def on_datasets(recipe, output_dir: Path, datasets: dict[str, Path], *, llm_only: bool = False):
     """A copy of ``recipe`` writing to ``output_dir``, each stage training on ``datasets[stage name]``
-    (no eval file: the demo evaluates afterwards); ``lora_only`` keeps the stages with LoRA."""
+    (no eval file: the demo evaluates afterwards); ``llm_only`` keeps the stages that train the LLM
+    (LoRA or its own weights)."""
     recipe = recipe.model_copy(deep=True)
     recipe.run.output_dir = output_dir
-    recipe.stages = [s for s in recipe.stages if s.lora is not None or not lora_only]
+    recipe.stages = [s for s in recipe.stages if s.lora is not None or s.train.llm or not llm_only]
     for stage in recipe.stages:
         stage.data.train, stage.data.eval = datasets[stage.name], None
     return recipe
@@ -262,7 +263,7 @@ def run_demo(config: DemoConfig) -> dict:
     done()
 
     done = step("train the blind model (text only)")
-    blind_recipe = on_datasets(recipe, out / "run-blind", blind, lora_only=True)  # without images only the LLM can learn
+    blind_recipe = on_datasets(recipe, out / "run-blind", blind, llm_only=True)  # without images only the LLM can learn
     blind_dir = run_recipe(blind_recipe, resume=True)[-1].model_dir
     done()
 

@@ -11,29 +11,54 @@ import re
 
 from torch import nn
 
+PERCEIVER_PARTS = ("perceiver.", "projector.", "exam_embedding.")  # what `set_trainable` calls the perceiver
 
-def set_trainable(model, *, vision: bool = False, perceiver: bool = True, llm: bool = False, embeddings: bool = False, lora: bool = True) -> dict[str, int]:
+
+def perceiver_parameters(model) -> list:
+    """The perceiver's parameters (perceiver + projector + exam embedding), peft-wrapped or not."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    return [p for name, p in base.named_parameters() if name.startswith(PERCEIVER_PARTS)]
+
+
+def decoder_layers(language_model) -> nn.ModuleList:
+    """The LLM's stack of decoder layers (the longest `nn.ModuleList` in it: ``model.layers`` in Llama)."""
+    stacks = [m for m in language_model.modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError(f"{type(language_model).__name__} has no list of decoder layers")
+    return max(stacks, key=len)
+
+
+def set_trainable(model, *, vision: bool = False, perceiver: bool = True, llm: bool = False, embeddings: bool = False, lora: bool = True,
+                  llm_layers: int | None = None) -> dict[str, int]:
     """Switch ``requires_grad`` per part; returns trainable parameter counts per part.
 
     Parts: ``vision`` (encoder), ``perceiver`` (perceiver + projector + exam embedding), ``llm``
     (the LLM's own weights, without its embeddings), ``embeddings`` (LLM input and output
     embeddings, which hold the image tokens' rows), ``lora`` (adapters added by `add_lora`).
+    ``llm_layers``: with ``llm``, only the last N decoder layers (and the final norm) train, as
+    LLaMA-Factory's ``freeze_trainable_layers``; the backward pass then stops at the lowest of them.
     """
     base = getattr(model, "get_base_model", lambda: model)()
     embedding_params = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None for p in m.parameters()}
+    frozen_layers = set()
+    if llm and llm_layers is not None:
+        layers = decoder_layers(base.language_model)
+        frozen_layers = {id(p) for layer in layers[: max(0, len(layers) - llm_layers)] for p in layer.parameters()}
     counts = dict.fromkeys(("vision", "perceiver", "llm", "embeddings", "lora"), 0)
     for name, param in base.named_parameters():
         if "lora_" in name:
             part = "lora"
         elif name.startswith("vision_encoder."):
             part = "vision"
-        elif name.startswith(("perceiver.", "projector.", "exam_embedding.")):
+        elif name.startswith(PERCEIVER_PARTS):
             part = "perceiver"
         elif id(param) in embedding_params:
             part = "embeddings"
         else:
             part = "llm"
         param.requires_grad = {"vision": vision, "perceiver": perceiver, "llm": llm, "embeddings": embeddings, "lora": lora}[part]
+        if part == "llm" and id(param) in frozen_layers:
+            param.requires_grad = False
         if param.requires_grad:
             counts[part] += param.numel()
     return counts

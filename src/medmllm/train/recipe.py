@@ -54,6 +54,8 @@ class FreezeArgs(_Args):
     vision: bool = False
     perceiver: bool = True
     llm: bool = False
+    # with llm: only the last N decoder layers train (LLaMA-Factory's freeze_trainable_layers); None: all
+    llm_layers: int | None = Field(None, ge=1)
     embeddings: bool = False
 
 
@@ -85,6 +87,9 @@ class StageArgs(_Args):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = Field(2e-6, gt=0)
+    # The perceiver's own learning rate when it trains beside LoRA (ms-swift's aligner_lr): the LLM's
+    # loss at LoRA's rate can flatten the visual tokens (docs/demo.md). None: learning_rate.
+    perceiver_learning_rate: float | None = Field(None, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     # AdamW with weight_decay 0 is Adam (the papers' optimiser); "sgd" etc. are any transformers OptimizerNames.

@@ -69,8 +69,9 @@ def _trainer_class():
         k micro-batches gives exactly the gradient of one k-times-larger batch.
         """
 
-        def __init__(self, *args, lengths=None, generation_eval=None, **kwargs):
+        def __init__(self, *args, lengths=None, generation_eval=None, perceiver_learning_rate=None, **kwargs):
             self._lengths = lengths
+            self._perceiver_lr = perceiver_learning_rate
             self._generation_eval = generation_eval  # model -> {"eval_gen/task/metric": value}
             self._staging = None  # set while a checkpoint is being written
             super().__init__(*args, **kwargs)
@@ -83,6 +84,22 @@ def _trainer_class():
                 self.log(generated)
                 metrics.update(generated)
             return metrics
+
+        def create_optimizer(self, model=None):
+            """The Trainer's optimiser; with ``perceiver_learning_rate`` the perceiver's parameters move
+            to groups of their own at that rate (the scheduler then scales each group's rate)."""
+            optimizer = super().create_optimizer(model)
+            if self._perceiver_lr is None:
+                return optimizer
+            from medmllm.model.adapters import perceiver_parameters
+
+            moving = {id(p) for p in perceiver_parameters(self.model) if p.requires_grad}
+            for group in list(optimizer.param_groups):
+                mine = [p for p in group["params"] if id(p) in moving]
+                if mine:
+                    group["params"] = [p for p in group["params"] if id(p) not in moving]
+                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": self._perceiver_lr})
+            return optimizer
 
         # -- LoRA checkpoints keep the other trained parts too ---------------------------------------
         # peft saves adapters only; a LoRA stage that also trains the perceiver (P2Med stage 2) would
@@ -216,7 +233,7 @@ def prepare_model(model, stage: StageArgs, gradient_checkpointing: bool):
     if stage.lora is not None:
         model = add_lora(model, r=stage.lora.r, alpha=stage.lora.alpha, dropout=stage.lora.dropout, target=stage.lora.target)
     t = stage.train
-    counts = set_trainable(model, vision=t.vision, perceiver=t.perceiver, llm=t.llm, embeddings=t.embeddings, lora=True)
+    counts = set_trainable(model, vision=t.vision, perceiver=t.perceiver, llm=t.llm, embeddings=t.embeddings, lora=True, llm_layers=t.llm_layers)
     if not any(counts.values()):
         raise MedMLLMError(f"stage {stage.name!r} trains nothing: switch on a part under 'train' or add 'lora'")
     if gradient_checkpointing:
@@ -304,6 +321,7 @@ def run_stage(recipe: Recipe, name: str, *, resume: bool = False, keep_model: bo
         data_collator=SampleCollator(processor, max_length=stage.data.max_tokens),
         lengths=train.lengths if stage.data.group_by_length else None,
         generation_eval=generation_eval,
+        perceiver_learning_rate=stage.perceiver_learning_rate,
         callbacks=[jsonl_logger(out / "log.jsonl"), *tensorboard_callbacks(recipe, out)],
     )
     result = trainer.train(resume_from_checkpoint=True if resume_from else None)
