@@ -288,6 +288,9 @@ def test_bad_recipe_is_one_line_naming_file_and_field(tmp_path):
     bad.write_text("stages: [{name: one, data: {train: x.jsonl}, learning_rat: 1}]\n")
     with pytest.raises(MedMLLMError, match=r"bad\.yaml: stages\.0\.learning_rat: Extra inputs"):
         load_recipe(bad)
+    bad.write_text("stages: [{name: one, data: {train: x.jsonl}, train: {llm_layers: 4}}]\n")
+    with pytest.raises(MedMLLMError, match=r"bad\.yaml: stages\.0\.train: .*llm_layers .* needs llm: true"):
+        load_recipe(bad)
     bad.write_text("stages: [{name: one}]\n")
     with pytest.raises(MedMLLMError, match=r"no training data"):
         load_recipe(bad)

@@ -58,6 +58,12 @@ class FreezeArgs(_Args):
     llm_layers: int | None = Field(None, ge=1)
     embeddings: bool = False
 
+    @model_validator(mode="after")
+    def _layers_of_a_trained_llm(self) -> FreezeArgs:
+        if self.llm_layers is not None and not self.llm:
+            raise ValueError("llm_layers picks which of the LLM's layers train: it needs llm: true")
+        return self
+
 
 class LoraArgs(_Args):
     r: int = Field(16, ge=1)
@@ -87,8 +93,8 @@ class StageArgs(_Args):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = Field(2e-6, gt=0)
-    # The perceiver's own learning rate when it trains beside LoRA (ms-swift's aligner_lr): the LLM's
-    # loss at LoRA's rate can flatten the visual tokens (docs/demo.md). None: learning_rate.
+    # The perceiver's own learning rate when it trains beside the LLM (ms-swift's aligner_lr): the
+    # LLM's loss at LoRA's rate can flatten the visual tokens (docs/demo.md). None: learning_rate.
     perceiver_learning_rate: float | None = Field(None, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
