@@ -11,6 +11,8 @@ import re
 
 from torch import nn
 
+from medmllm.errors import MedMLLMError
+
 PERCEIVER_PARTS = ("perceiver.", "projector.", "exam_embedding.")  # what `set_trainable` calls the perceiver
 
 
@@ -21,11 +23,13 @@ def perceiver_parameters(model) -> list:
 
 
 def decoder_layers(language_model) -> nn.ModuleList:
-    """The LLM's stack of decoder layers (the longest `nn.ModuleList` in it: ``model.layers`` in Llama)."""
-    stacks = [m for m in language_model.modules() if isinstance(m, nn.ModuleList)]
-    if not stacks:
-        raise ValueError(f"{type(language_model).__name__} has no list of decoder layers")
-    return max(stacks, key=len)
+    """The LLM's stack of decoder layers: the first `nn.ModuleList` of ``num_hidden_layers`` modules
+    (``model.layers`` in Llama; the outer list comes before a mixture-of-experts' lists of experts)."""
+    n = language_model.config.num_hidden_layers
+    for module in language_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise MedMLLMError(f"{type(language_model).__name__}: no list of its {n} decoder layers found, so llm_layers cannot pick the top ones")
 
 
 def set_trainable(model, *, vision: bool = False, perceiver: bool = True, llm: bool = False, embeddings: bool = False, lora: bool = True,
