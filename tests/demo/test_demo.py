@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from medmllm.data.conversations import split_conversation
 from medmllm.data.io import read_samples
 from medmllm.data.schema import ImagePart
 from medmllm.demo import (
+    DEMO_TASKS,
     REPORT_TASKS,
     DemoConfig,
-    balanced_accuracy,
     change_f1,
     change_terms,
     first_exams,
@@ -96,6 +95,63 @@ def test_token_balanced_counts_keep_the_least_family_whole_and_give_the_others_i
     assert token_balanced_counts(samples, family, length, {"questions": 0.5}) == {"questions": 10, "reports": 2}
 
 
+def test_scaled_counts_keep_the_proportions_and_the_total_and_never_scale_up():
+    from medmllm.demo.pipeline import scaled_counts
+
+    assert scaled_counts({"questions": 600, "reports": 79}, 480) == {"questions": 424, "reports": 56}
+    assert sum(scaled_counts({"a": 5, "b": 7, "c": 11}, 10).values()) == 10
+    assert scaled_counts({"questions": 300, "reports": 1}, 30) == {"questions": 29, "reports": 1}  # every family keeps one
+    assert scaled_counts({"questions": 10, "reports": 2}, 100) == {"questions": 10, "reports": 2}
+
+
+def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
+    """One epoch of each LLM stage is its max_steps: the balanced mix is what trains (sizes from `stage_sizes`)."""
+    from collections import Counter
+
+    from medmllm.demo.pipeline import stage_sizes, task_family, text_length
+    from medmllm.train import load_recipe
+
+    sizes = stage_sizes(load_recipe(REPO / "recipes" / "demo.yaml"))
+    assert sizes["task-balanced"] == 60 * 8 and sizes["disease-balanced"] == 30 * 8  # steps x batch size
+    train = list(read_samples(minirad / "train.jsonl"))
+    full = stage_datasets(train, tmp_path / "full", seed=0, source=minirad, tasks=DEMO_TASKS, report_share=(0.5, 2.0))
+    sizes = {stage: len(list(read_samples(full[stage]))) * 2 // 3 for stage in ("task-balanced", "disease-balanced")}
+    cut = stage_datasets(train, tmp_path / "cut", seed=0, source=minirad, tasks=DEMO_TASKS, report_share=(0.5, 2.0), sizes=sizes)
+    for stage, size in sizes.items():
+        whole, kept = (list(read_samples(paths[stage])) for paths in (full, cut))
+        assert len(whole) > size and len(kept) == size
+        share = lambda samples: sum(text_length(s) for s in samples if task_family(s) == "reports") / sum(map(text_length, samples))  # noqa: E731
+        assert share(kept) == pytest.approx(share(whole), abs=0.12)  # the same mix, fewer samples
+        assert Counter(s.id for s in kept).most_common(1)[0][1] == 1  # drawn without repeats
+    assert len(list(read_samples(cut["knowledge"]))) == len(list(read_samples(full["knowledge"])))  # not sized: the warm-up reads it all
+
+
+def test_yes_no_balanced_asks_as_many_no_as_yes_of_each_kind_in_their_order(minirad):
+    from collections import Counter
+
+    from medmllm.demo.benchmark import answers_no, question_kind, yes_no_balanced
+
+    questions = [s for s in read_samples(minirad / "samples.jsonl") if s.task == "radbench/diagnosis-judgement"]
+    assert 0 < sum(not answers_no(s) for s in questions) < len(questions) / 2  # MiniRad asks more "no"
+    asked = Counter((question_kind(s), answers_no(s)) for s in questions)
+    kinds = {kind for kind, _ in asked}
+    assert len(kinds) > 3 and all(kind[0] and kind[1] for kind in kinds)  # (modality, finding) from MiniRad's labels
+    kept = yes_no_balanced(questions)
+    got = Counter((question_kind(s), answers_no(s)) for s in kept)
+    for kind in kinds:  # per kind, as many of each answer as the rarer one has
+        assert got[kind, True] == got[kind, False] == min(asked[kind, True], asked[kind, False])
+    order = [s.id for s in questions]
+    assert [s.id for s in kept] == sorted((s.id for s in kept), key=order.index)
+    # any answer rule that reads only the question text scores 0.5
+    for rule in (lambda s: "no", lambda s: "yes" if hash(question_kind(s)) % 2 else "no"):
+        assert sum((rule(s) == "no") == answers_no(s) for s in kept) == len(kept) / 2
+    few = yes_no_balanced(questions, limit=10)
+    assert len(few) == 10 and sum(map(answers_no, few)) == 5 and len({question_kind(s) for s in few}) == 5  # kinds in turn
+    assert yes_no_balanced(questions, seed=1) != kept  # which "no" questions: drawn by the seed
+    overall = yes_no_balanced(questions, kind_of=lambda s: ())
+    assert len(overall) == 2 * sum(not answers_no(s) for s in questions) > len(kept)
+
+
 def test_no_mrc_stage_datasets_hold_one_exam_per_report_sample(minirad, tmp_path):
     train = list(read_samples(minirad / "train.jsonl"))
     conversations = [s for s in train if s.task in REPORT_TASKS and len(split_conversation(s)) > 1]
@@ -130,27 +186,6 @@ def test_change_terms_read_minirads_impressions():
     guessed = ["Stable left pneumothorax.", "Mass, increased in size compared with the prior exam.", "Effusion."]
     result = change_f1(list(zip(guessed, references)))
     assert result["value"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2)) and result["n"] == 3
-
-
-def test_balanced_accuracy_equals_sklearn_and_an_always_no_model_gets_half(tmp_path):
-    from sklearn.metrics import balanced_accuracy_score
-
-    from medmllm.data.io import write_samples
-    from medmllm.data.schema import Sample
-
-    rng = np.random.default_rng(0)
-    truth = ["no"] * 70 + ["yes"] * 30
-    samples = [Sample.model_validate({"id": f"q{i}", "task": "radbench/diagnosis-judgement", "targets": {"answer": a},
-                                      "turns": [{"role": "user", "content": [{"type": "text", "text": "Does the patient have X?"}]},
-                                                {"role": "assistant", "content": [{"type": "text", "text": a}]}]}) for i, a in enumerate(truth)]
-    write_samples(tmp_path / "bench.jsonl", samples)
-    for predicted in (["no"] * 100, [a if rng.random() < 0.8 else ("yes" if a == "no" else "no") for a in truth]):
-        rows = [{"id": f"q{i}", "accuracy": float(p == a)} for i, (p, a) in enumerate(zip(predicted, truth))]
-        (tmp_path / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        result = balanced_accuracy(tmp_path, tmp_path / "bench.jsonl")
-        assert result["value"] == pytest.approx(balanced_accuracy_score(truth, predicted)) and result["n"] == 100
-        assert result["ci95"][0] <= result["value"] <= result["ci95"][1]
-    assert balanced_accuracy_score(truth, ["no"] * 100) == 0.5
 
 
 def test_shuffled_label_f1_tells_a_model_that_sees_from_one_that_writes_the_same_findings():
@@ -207,6 +242,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert set(summary["follow_up"]) == {"impression label F1", "impression change F1"} and summary["follow_up"]["impression change F1"]["n"] > 0
     assert (out / "summary.md").read_text().startswith("# medmllm demo")
     asked = list(read_samples(out / "data" / "benchmark" / "diagnosis.jsonl"))
-    assert summary["always_no_accuracy"] == sum(s.targets["answer"] == "no" for s in asked) / len(asked)
+    assert summary["always_no_accuracy"] == sum(s.targets["answer"] == "no" for s in asked) / len(asked) == 0.5  # as many "no" as "yes"
     assert f"accuracy {summary['always_no_accuracy']:.3f}" in (out / "summary.md").read_text()
+    assert any("balanced overall" in line for line in lines)  # n=200: too few questions of any one finding
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

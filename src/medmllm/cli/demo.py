@@ -21,7 +21,7 @@ DEFAULT_SCANS = Path("../shared/data/scans")
 def demo(
     out: Path = typer.Option(Path("demo-out"), "-o", "--out", help="Folder for everything the demo writes."),
     scans: Path = typer.Option(DEFAULT_SCANS, "--scans", help="Folder with head_ct.nii.gz and brain_t1_mri.nii.gz."),
-    n: int = typer.Option(6000, "--n", min=100, help="MiniRad samples to synthesise (train split -> stages; val + test -> benchmark)."),
+    n: int = typer.Option(8000, "--n", min=100, help="MiniRad samples to synthesise (train split -> stages; val + test -> benchmark)."),
     seed: int = typer.Option(0, "--seed", help="MiniRad and training seed."),
     mrc: bool = typer.Option(True, "--mrc/--no-mrc", help="Follow-up exams as multi-round conversations (P2Med), or one exam per sample."),
     all_tasks: bool = typer.Option(False, "--all-tasks", help="Train on every MiniRad task family (records, VQA, ...), not only the benchmark's (slower per useful step)."),

@@ -3,14 +3,12 @@ the held-out MiniRad patients are asked and how the answers are scored."""
 
 from medmllm.demo.benchmark import (
     ACCURACY,
-    BALANCED,
     CHANGE_F1,
     FOLLOW_UP_LABEL_F1,
     HEADLINE,
     LABEL_F1,
     PARTS,
     REPORT_TASKS,
-    balanced_accuracy,
     change_f1,
     change_terms,
     first_exams,
@@ -21,21 +19,31 @@ from medmllm.demo.benchmark import (
     overlap,
     shuffled_label_f1,
     strip_images,
+    yes_no_balanced,
 )
-from medmllm.demo.pipeline import DEMO_RECIPE, DemoConfig, benchmark, on_datasets, rebase, run_demo, stage_datasets, summary_markdown
+from medmllm.demo.pipeline import (
+    DEMO_RECIPE,
+    DEMO_TASKS,
+    DemoConfig,
+    benchmark,
+    on_datasets,
+    rebase,
+    run_demo,
+    stage_datasets,
+    summary_markdown,
+)
 
 __all__ = [
     "ACCURACY",
-    "BALANCED",
     "CHANGE_F1",
     "DEMO_RECIPE",
+    "DEMO_TASKS",
     "DemoConfig",
     "FOLLOW_UP_LABEL_F1",
     "HEADLINE",
     "LABEL_F1",
     "PARTS",
     "REPORT_TASKS",
-    "balanced_accuracy",
     "benchmark",
     "change_f1",
     "change_terms",
@@ -52,4 +60,5 @@ __all__ = [
     "stage_datasets",
     "strip_images",
     "summary_markdown",
+    "yes_no_balanced",
 ]

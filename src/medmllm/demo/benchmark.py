@@ -4,8 +4,9 @@ numbers that decide whether training taught the model to see.
 =============  =========================================================  ===========================
 part           the samples                                                scored by
 =============  =========================================================  ===========================
-diagnosis      RadBench diagnosis judgements ("Does the patient have      accuracy (the eval harness)
-               X?"), 4 new tokens                                          and `balanced_accuracy`
+diagnosis      RadBench diagnosis judgements ("Does the patient have      accuracy (the eval harness):
+               X?"), as many "no" as "yes" (`yes_no_balanced`), 4 new      0.5 for any answer prior
+               tokens
 reports        the first exam of each held-out visit: one image, no       `label_f1` of the report
                earlier report in the conversation (`first_exams`)
 follow-up      the last exam of each visit with 2-3 exams: with its       `follow_up_numbers`: label
@@ -21,6 +22,7 @@ first exam is where only the image tells the findings.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -32,8 +34,8 @@ from medmllm.data.schema import ImagePart, Sample
 DIAGNOSIS_TASKS = ("radbench/diagnosis-judgement",)
 REPORT_TASKS = ("p2med/report-xray", "p2med/report-ct")
 PARTS = {"diagnosis": (DIAGNOSIS_TASKS, 4), "reports": (REPORT_TASKS, 80), "follow-up": (REPORT_TASKS, 80)}
-ACCURACY, BALANCED, LABEL_F1 = "diagnosis accuracy", "diagnosis balanced accuracy", "clinical label F1 (micro, 5 observations)"
-HEADLINE = (ACCURACY, BALANCED, LABEL_F1)
+ACCURACY, LABEL_F1 = "diagnosis accuracy", "clinical label F1 (micro, 5 observations)"
+HEADLINE = (ACCURACY, LABEL_F1)
 FOLLOW_UP_LABEL_F1, CHANGE_F1 = "impression label F1", "impression change F1"
 # How MiniRad's impressions (medmllm.synth.reports) state the course of a finding since the prior exam.
 CHANGES = {
@@ -148,37 +150,44 @@ def answers_no(sample: Sample) -> bool:
     return str(sample.targets.get("answer", "")).strip().lower() == "no"
 
 
+def question_kind(sample: Sample) -> tuple[str, str]:
+    """What a yes/no question asks, as far as a model that does not see the image can tell: (the
+    modality, the finding asked about), from MiniRad's labels ("" where a sample lacks them)."""
+    return str(sample.labels.get("modality", "")), str(sample.labels.get("asked", ""))
+
+
+def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int = 0, kind_of=question_kind) -> list[Sample]:
+    """As many questions whose answer is "no" as "yes" for each `question_kind` (at most ``limit``
+    in all, pairs taken from every kind in turn), in their order. MiniRad asks every normal exam a
+    "no" question, two answers in three are "no", and on such a set a model that always says "no"
+    scores 0.66; balanced overall but not per kind, a text-only model could still score above 0.5
+    from how often each finding is present. Balanced per kind, every answer rule that does not look
+    at the image scores 0.5, and only a model that tells the findings apart scores above it (POPE
+    balances its yes/no questions the same way; the training questions are balanced overall,
+    `stage_datasets`). ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
+    from collections import defaultdict
+
+    from medmllm.data.curate.balance import balance_normal
+
+    kinds: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for sample in questions:
+        kinds[kind_of(sample)].append(sample)
+    pairs = []  # per kind, its (yes, no) pairs
+    for key in sorted(kinds):
+        kept, _ = balance_normal(kinds[key], answers_no, seed=seed)
+        yes, no = ([s for s in kept if answers_no(s) == answer] for answer in (False, True))
+        pairs.append(list(zip(yes, no, strict=True)))
+    taken = [pair for turn in itertools.zip_longest(*pairs) for pair in turn if pair is not None]  # kinds in turn
+    chosen = {id(s) for pair in taken[: None if limit is None else limit // 2] for s in pair}
+    return [s for s in questions if id(s) in chosen]
+
+
 def always_no_accuracy(bench: Path) -> float | None:
     """The diagnosis accuracy of a model that answers "no" to every question of ``bench``."""
     from medmllm.data.io import read_samples
 
     answers = [answers_no(s) for s in read_samples(bench)]
     return sum(answers) / len(answers) if answers else None
-
-
-def balanced_accuracy(eval_dir: Path, bench: Path, resamples: int = 1000) -> dict:
-    """The mean of the accuracy on the questions whose answer is "yes" and on those whose answer is
-    "no", with a bootstrap 95% CI. MiniRad asks more questions whose answer is "no" (two in three
-    here), so a model that always says "no" reaches an accuracy of 0.66 but a balanced accuracy of
-    0.5: only a model that tells the findings apart beats 0.5."""
-    from medmllm.data.io import read_samples
-    from medmllm.eval.metrics.base import Score
-    from medmllm.eval.runner import summarize_score
-    from medmllm.jsonl import read_jsonl
-
-    correct = {row["id"]: row.get("accuracy") for _, row in read_jsonl(eval_dir / "per_sample.jsonl")}
-    rows = [(float(correct[s.id]), str(s.targets.get("answer", "")).strip().lower() == "yes")
-            for s in read_samples(bench) if correct.get(s.id) is not None]
-    if len(rows) < 2:
-        return {"value": None, "ci95": [None, None], "n": len(rows)}
-    hits, yes = np.array([h for h, _ in rows]), np.array([y for _, y in rows])
-
-    def corpus(indices: np.ndarray) -> float:
-        per_class = [hits[indices][yes[indices] == answer] for answer in (True, False)]
-        return float(np.mean([c.mean() for c in per_class if len(c)]))
-
-    summary = summarize_score(Score(corpus(np.arange(len(rows))), hits, corpus), resamples)
-    return {"value": summary["value"], "ci95": summary["ci95"], "n": len(rows)}
 
 
 def headline(eval_dir: Path, benches: dict[str, Path]) -> dict[str, dict]:
@@ -189,8 +198,7 @@ def headline(eval_dir: Path, benches: dict[str, Path]) -> dict[str, dict]:
     tasks = json.loads((eval_dir / "diagnosis" / "metrics.json").read_text())["tasks"]
     found = tasks.get("judgement", {}).get("metrics", {}).get("accuracy")
     accuracy = {"value": found["value"], "ci95": found["ci95"], "n": found.get("n")} if found else {"value": None, "ci95": [None, None], "n": 0}
-    return {ACCURACY: accuracy, BALANCED: balanced_accuracy(eval_dir / "diagnosis", benches["diagnosis"]),
-            LABEL_F1: label_f1(predictions_and_references(eval_dir / "reports", benches["reports"]))}
+    return {ACCURACY: accuracy, LABEL_F1: label_f1(predictions_and_references(eval_dir / "reports", benches["reports"]))}
 
 
 def follow_up_numbers(eval_dir: Path, bench: Path) -> dict[str, dict]:
@@ -207,6 +215,6 @@ def overlap(a: dict, b: dict) -> bool | None:
     return not (ahi < blo or bhi < alo)
 
 
-__all__ = ["ACCURACY", "BALANCED", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
-           "always_no_accuracy", "answers_no", "balanced_accuracy", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
-           "predictions_and_references", "shuffled_label_f1", "strip_images"]
+__all__ = ["ACCURACY", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
+           "always_no_accuracy", "answers_no", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
+           "predictions_and_references", "question_kind", "shuffled_label_f1", "strip_images", "yes_no_balanced"]
