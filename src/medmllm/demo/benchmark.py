@@ -5,8 +5,8 @@ numbers that decide whether training taught the model to see.
 part           the samples                                                scored by
 =============  =========================================================  ===========================
 diagnosis      RadBench diagnosis judgements ("Does the patient have      accuracy (the eval harness):
-               X?"), as many "no" as "yes" (`yes_no_balanced`), 4 new      0.5 for any answer prior
-               tokens
+               X?"), as many "no" as "yes" of each modality and finding   0.5 for any answer rule
+               (`yes_no_balanced`), 4 new tokens                          that ignores the image
 reports        the first exam of each held-out visit: one image, no       `label_f1` of the report
                earlier report in the conversation (`first_exams`)
 follow-up      the last exam of each visit with 2-3 exams: with its       `follow_up_numbers`: label
