@@ -245,4 +245,5 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert summary["always_no_accuracy"] == sum(s.targets["answer"] == "no" for s in asked) / len(asked) == 0.5  # as many "no" as "yes"
     assert f"accuracy {summary['always_no_accuracy']:.3f}" in (out / "summary.md").read_text()
     assert any("balanced overall" in line for line in lines)  # n=200: too few questions of any one finding
+    assert summary["diagnosis_balance"] == "overall" and "ones overall, so no fixed answer" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}

@@ -298,9 +298,9 @@ def run_demo(config: DemoConfig) -> dict:
     from medmllm.eval.runner import run_eval
 
     questions = [s for s in held_out if s.task in PARTS["diagnosis"][0]]
-    asked = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed)
+    asked, balance = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed), "of each finding and modality"
     if len(asked) < 2:  # a small --n: too few questions of any one finding
-        asked = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed, kind_of=lambda s: ())
+        asked, balance = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed, kind_of=lambda s: ()), "overall"
         log(f"{len(questions)} held-out yes/no questions are too few to balance per finding and modality: balanced overall")
     parts = {"diagnosis": asked, "reports": first_exams(held_out),
              "follow-up": follow_ups(held_out, mrc=config.mrc)}
@@ -333,6 +333,7 @@ def run_demo(config: DemoConfig) -> dict:
                           "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share)},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
                "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
+               "diagnosis_balance": balance,
                "timings_s": config.timings}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary) + "\n")
@@ -361,9 +362,10 @@ def summary_markdown(summary: dict) -> str:
             ci += f"; but its reports score as well on other exams (shuffled {shuffled['value']:.3f}, p={shuffled['p']:.2f}): not from the image"
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
     if summary.get("always_no_accuracy") is not None:
+        balance = summary.get("diagnosis_balance", "of each finding and modality")
+        rule = "no answer rule that ignores the image" if balance != "overall" else "no fixed answer"
         lines.append(f"- For scale: answering \"no\" to every question scores diagnosis accuracy {summary['always_no_accuracy']:.3f}: "
-                     "the benchmark asks as many \"no\" questions as \"yes\" ones of each finding and modality, so no answer "
-                     "rule that ignores the image scores above 0.5.")
+                     f"the benchmark asks as many \"no\" questions as \"yes\" ones {balance}, so {rule} scores above 0.5.")
     lines += ["", "Label F1 with each model's reports given to the exams in a random order (mean of 1,000 shuffles; p: the share of "
               "shuffles that score at least the real F1; near 0 only for a model whose reports depend on the image): "
               + "; ".join(f"{name} {v['value']:.3f} (p={v['p']:.2f})" for name, v in summary["label_f1_shuffled"].items() if v["value"] is not None)
