@@ -20,6 +20,7 @@ from medmllm.demo import (
     change_terms,
     first_exams,
     follow_ups,
+    more_questions,
     overlap,
     run_demo,
     shuffled_label_f1,
@@ -161,6 +162,41 @@ def test_no_mrc_stage_datasets_hold_one_exam_per_report_sample(minirad, tmp_path
     assert all(len(s.images) == 1 and sum(t.role == "assistant" for t in s.turns) == 1 for s in knowledge)
     exams = {s.id for s in knowledge}
     assert all(r.id in exams for s in conversations for r in split_conversation(s))  # every exam of every visit, alone
+
+
+def test_more_questions_ask_about_the_same_image_as_many_yes_as_no_and_answer_from_the_labels(minirad, tmp_path):
+    import random
+    import re
+
+    from medmllm.synth.findings import CHEST_TYPES, FINDING_TYPES
+
+    train = list(read_samples(minirad / "train.jsonl"))
+    questions = [s for s in train if s.task == "radbench/diagnosis-judgement"]
+    rng = random.Random(0)
+    grown = [(s, more_questions(s, 4, rng)) for s in questions]
+    chest = [FINDING_TYPES[t].disease for t in CHEST_TYPES]
+    asked_more = 0
+    for before, after in grown:
+        assert after.turns[:len(before.turns)] == before.turns and after.images == before.images  # the question first, one image
+        extra = after.turns[len(before.turns):]
+        assert not any(isinstance(p, ImagePart) for t in extra for p in t.content) and [t.role for t in extra] == ["user", "assistant"] * (len(extra) // 2)
+        answers = [t.text for t in extra[1::2]]
+        assert answers.count("yes") == answers.count("no") <= 2  # as many yes as no, at most 4 rounds
+        had = set(before.labels["diseases"])
+        for question, answer in zip(extra[0::2], answers, strict=True):
+            disease = next(d for d in chest if re.search(rf"\b{re.escape(d)}\b", question.text))
+            assert disease != before.labels["asked"] and (answer == "yes") == (disease in had)  # the truth, never the first question again
+        asked_more += bool(extra)
+        assert bool(extra) == bool(had - {before.labels["asked"]})  # no other finding to pair a "no" with: left as it is
+    assert asked_more > len(questions) // 10  # MiniRad exams with two findings get them
+    report = next(s for s in train if s.task in REPORT_TASKS)
+    assert more_questions(report, 4, rng) is report
+    # the stage files carry them, the blind model's too (same text), the knowledge stage not
+    train = [s for s in train if s.task in DEMO_TASKS]
+    for blind in (False, True):
+        paths = stage_datasets(train, tmp_path / str(blind), seed=0, source=minirad, question_rounds=4, blind=blind)
+        rounds = [sum(t.role == "assistant" for t in s.turns) for s in read_samples(paths["task-balanced"]) if s.task == "radbench/diagnosis-judgement"]
+        assert max(rounds) > 1 and min(rounds) == 1
 
 
 def test_first_exams_have_no_earlier_report_and_follow_ups_have_them_unless_no_mrc(minirad):

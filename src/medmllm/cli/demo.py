@@ -25,6 +25,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="MiniRad and training seed."),
     mrc: bool = typer.Option(True, "--mrc/--no-mrc", help="Follow-up exams as multi-round conversations (P2Med), or one exam per sample."),
     all_tasks: bool = typer.Option(False, "--all-tasks", help="Train on every MiniRad task family (records, VQA, ...), not only the benchmark's (slower per useful step)."),
+    question_rounds: int = typer.Option(0, "--question-rounds", min=0, max=12, metavar="<int>",
+                                        help="Extra yes/no rounds about other findings of the same image after each training question (as many yes as no)."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
@@ -34,7 +36,7 @@ def demo(
         return
     from medmllm.demo import DEMO_RECIPE, DemoConfig, run_demo, summary_markdown
 
-    summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo,
+    summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo, question_rounds=question_rounds,
                                   **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")

@@ -20,6 +20,7 @@ Everything lands under one folder (``demo-out/`` by default).
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class DemoConfig:
     # stage 2 mostly teaches reading the image (questions, cheap), stage 3 weights the reports up;
     # in ten CPU minutes the model still learns to answer a report request "no" (docs/demo.md)
     report_share: tuple[float, float] = (0.5, 2.0)
+    # extra yes/no rounds after each training question, about other findings of the same image
+    # (`more_questions`); 0 keeps MiniRad's one question per image (docs/demo.md, "More questions per image")
+    question_rounds: int = 0
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
@@ -84,7 +88,8 @@ def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
 
 def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None,
                    mrc: bool = True, tasks: tuple[str, ...] | None = None, length_of=None,
-                   report_share: tuple[float, float] = (1.0, 1.0), sizes: dict[str, int] | None = None) -> dict[str, Path]:
+                   report_share: tuple[float, float] = (1.0, 1.0), sizes: dict[str, int] | None = None,
+                   question_rounds: int = 0) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -94,6 +99,8 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``blind``: the same samples with their images removed (the text-only comparison model).
     ``source``: the folder the samples' image paths are relative to (default ``folder``).
     ``mrc=False``: each report conversation split into its exams, one sample each (P2Med's "w/o MRC").
+    ``question_rounds``: each yes/no question of the two instruction stages followed by up to that
+    many more about the same image (`more_questions`), after the balancing (the blind model's too).
     ``tasks``: the task families kept (None: all).
     ``length_of``: a sample's length in tokens (default: its characters, `text_length`).
     ``sizes``: {stage: samples} for task-balanced and disease-balanced (`stage_sizes`: what the
@@ -138,6 +145,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     # patient has, and a stage of mostly "yes" taught the model to answer a report request "yes"
     by_disease, _ = balance_by_category(train, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(train) // 12), seed=seed)
     disease_balanced = balanced(by_disease, report_share[1], sizes.get("disease-balanced"))
+    if question_rounds:
+        rng = random.Random(seed)
+        task_balanced, disease_balanced = ([more_questions(x, question_rounds, rng) for x in part] for part in (task_balanced, disease_balanced))
     stages = {"knowledge": knowledge, "task-balanced": task_balanced, "disease-balanced": disease_balanced}
     paths = {}
     for name, samples in stages.items():
@@ -147,6 +157,42 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
         paths[name] = path
     paths["vision-warmup"] = paths["knowledge"]  # recipes/demo.yaml's first stage reads the reports' labels
     return paths
+
+
+def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
+    """A yes/no diagnosis question (MiniRad's, with its labels) followed by up to ``rounds`` more
+    about the same image, in the same conversation: as many "yes" (other findings the exam has) as
+    "no" (findings of its body region it lacks), in random order, asked with the question templates
+    of ``radbench/diagnosis-judgement``. Any other sample, or an exam with no other finding to pair
+    a "no" with, is returned as it is.
+
+    Why: MiniRad asks one question per image, so a stage-2 step of eight questions carries eight
+    answer tokens, and in the demo's 90 steps the LLM saw each finding asked a few dozen times.
+    Follow-up rounds cost ~20 tokens each, not a second image and prompt (docs/demo.md)."""
+    from medmllm.data.schema import TextPart, Turn
+    from medmllm.data.templates import get_template
+    from medmllm.synth.findings import BRAIN_TYPES, CHEST_TYPES, FINDING_TYPES
+
+    if sample.task not in DIAGNOSIS_TASKS or rounds < 2:
+        return sample
+    had = set(sample.labels.get("diseases") or [])
+    asked = sample.labels.get("asked")
+    family = BRAIN_TYPES if sample.labels.get("modality") == "MRI" else CHEST_TYPES
+    present = sorted(had - {asked})
+    absent = [FINDING_TYPES[t].disease for t in family if FINDING_TYPES[t].disease not in had | {asked}]
+    rng.shuffle(present)
+    rng.shuffle(absent)
+    pairs = min(len(present), len(absent), rounds // 2)
+    if not pairs:
+        return sample
+    extra = [(d, "yes") for d in present[:pairs]] + [(d, "no") for d in absent[:pairs]]
+    rng.shuffle(extra)
+    forms = [p.text.replace("{images}", "").strip() for p in get_template("radbench/diagnosis-judgement").prompts]
+    turns = list(sample.turns)
+    for disease, answer in extra:
+        turns += [Turn(role="user", content=[TextPart(text=rng.choice(forms).format(disease=disease))]),
+                  Turn(role="assistant", content=[TextPart(text=answer)])]
+    return sample.model_copy(update={"turns": turns})
 
 
 def task_family(sample: Sample) -> str:
@@ -276,7 +322,8 @@ def run_demo(config: DemoConfig) -> dict:
 
     processor = MedMLLMProcessor.from_pretrained(untrained_dir)
     tokens = lambda s: processor.count_tokens(s.to_messages(data))  # noqa: E731  (no image is read)
-    shared = dict(mrc=config.mrc, tasks=config.tasks, length_of=tokens, report_share=config.report_share, sizes=stage_sizes(recipe))
+    shared = dict(mrc=config.mrc, tasks=config.tasks, length_of=tokens, report_share=config.report_share, sizes=stage_sizes(recipe),
+                  question_rounds=config.question_rounds)
     seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, **shared)
     blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, **shared)
     for name, path in seeing.items():
@@ -330,7 +377,8 @@ def run_demo(config: DemoConfig) -> dict:
                           "trained_better": (numbers["trained"][label]["value"] or 0) > (numbers["blind"][label]["value"] or 0)}
                   for label in HEADLINE}
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe),
-                          "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share)},
+                          "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share),
+                          "question_rounds": config.question_rounds},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
                "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
                "diagnosis_balance": balance,
@@ -378,4 +426,4 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "on_datasets", "rebase", "run_demo", "scaled_counts", "stage_datasets", "stage_sizes", "summary_markdown"]
+__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "more_questions", "on_datasets", "rebase", "run_demo", "scaled_counts", "stage_datasets", "stage_sizes", "summary_markdown"]
