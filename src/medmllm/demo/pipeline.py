@@ -173,12 +173,12 @@ def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
     from medmllm.data.templates import get_template
     from medmllm.synth.findings import BRAIN_TYPES, CHEST_TYPES, FINDING_TYPES
 
-    if sample.task not in DIAGNOSIS_TASKS or rounds < 2:
+    if sample.task not in DIAGNOSIS_TASKS:
         return sample
     had = set(sample.labels.get("diseases") or [])
     asked = sample.labels.get("asked")
     family = BRAIN_TYPES if sample.labels.get("modality") == "MRI" else CHEST_TYPES
-    present = sorted(had - {asked})
+    present = sorted(had - {asked})  # sorted: a set of strings iterates in another order in every process
     absent = [FINDING_TYPES[t].disease for t in family if FINDING_TYPES[t].disease not in had | {asked}]
     rng.shuffle(present)
     rng.shuffle(absent)
