@@ -191,7 +191,7 @@ def test_more_questions_ask_about_the_same_image_as_many_yes_as_no_and_answer_fr
     assert asked_more > len(questions) // 10  # MiniRad exams with two findings get them
     report = next(s for s in train if s.task in REPORT_TASKS)
     assert more_questions(report, 4, rng) is report
-    # the stage files carry them, the blind model's too (same text), the knowledge stage not
+    # the instruction stage files carry them, the blind model's too (same text)
     train = [s for s in train if s.task in DEMO_TASKS]
     for blind in (False, True):
         paths = stage_datasets(train, tmp_path / str(blind), seed=0, source=minirad, question_rounds=4, blind=blind)
