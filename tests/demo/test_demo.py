@@ -113,7 +113,7 @@ def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
     from medmllm.train import load_recipe
 
     sizes = stage_sizes(load_recipe(REPO / "recipes" / "demo.yaml"))
-    assert sizes["task-balanced"] == 60 * 8 and sizes["disease-balanced"] == 30 * 8  # steps x batch size
+    assert sizes["task-balanced"] == 45 * 8 and sizes["disease-balanced"] == 30 * 8  # steps x batch size
     train = list(read_samples(minirad / "train.jsonl"))
     full = stage_datasets(train, tmp_path / "full", seed=0, source=minirad, tasks=DEMO_TASKS, report_share=(0.5, 2.0))
     sizes = {stage: len(list(read_samples(full[stage]))) * 2 // 3 for stage in ("task-balanced", "disease-balanced")}
@@ -283,3 +283,12 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert any("balanced overall" in line for line in lines)  # n=200: too few questions of any one finding
     assert summary["diagnosis_balance"] == "overall" and "ones overall, so no fixed answer" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}
+
+
+def test_demo_cli_asks_as_many_question_rounds_as_the_config():
+    """The CLI's --question-rounds default is DemoConfig's: `make demo` runs the recipe the docs report."""
+    import inspect
+
+    from medmllm.cli.demo import demo
+
+    assert inspect.signature(demo).parameters["question_rounds"].default.default == DemoConfig.question_rounds == 4

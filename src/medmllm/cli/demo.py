@@ -25,8 +25,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="MiniRad and training seed."),
     mrc: bool = typer.Option(True, "--mrc/--no-mrc", help="Follow-up exams as multi-round conversations (P2Med), or one exam per sample."),
     all_tasks: bool = typer.Option(False, "--all-tasks", help="Train on every MiniRad task family (records, VQA, ...), not only the benchmark's (slower per useful step)."),
-    question_rounds: int = typer.Option(0, "--question-rounds", min=0, max=12, metavar="<int>",
-                                        help="Extra yes/no rounds about other findings of the same image after each training question, in yes/no pairs (an odd K asks K-1)."),
+    question_rounds: int = typer.Option(4, "--question-rounds", min=0, max=12, metavar="<int>",
+                                        help="Extra yes/no rounds about other findings of the same image after each training question, in yes/no pairs (an odd K asks K-1); 0: one question per image."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:

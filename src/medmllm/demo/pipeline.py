@@ -64,8 +64,9 @@ class DemoConfig:
     # in ten CPU minutes the model still learns to answer a report request "no" (docs/demo.md)
     report_share: tuple[float, float] = (0.5, 2.0)
     # extra yes/no rounds after each training question, about other findings of the same image
-    # (`more_questions`); 0 keeps MiniRad's one question per image (docs/demo.md, "More questions per image")
-    question_rounds: int = 0
+    # (`more_questions`): the LLM's practice at reading the image, which the encoder already sees; 0 keeps
+    # MiniRad's one question per image (docs/demo.md, "More questions per image")
+    question_rounds: int = 4
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
