@@ -41,7 +41,15 @@ def run(
 
     from medmllm.train.trainer import run_recipe
 
-    results = run_recipe(loaded, stage=stage, resume=resume)
+    try:
+        results = run_recipe(loaded, stage=stage, resume=resume)
+    finally:
+        # Under torchrun, a process group left to the interpreter's exit can abort one rank
+        # ("terminate called without an active exception", SIGABRT) after training finished.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return  # launched distributed: the first process reports
     for result in results:
