@@ -1,16 +1,20 @@
 """Which mixed precision a run uses: one rule for training (`medmllm.train.trainer.precision_flags`)
 and generation (`medmllm.eval.adapters.MedMLLMAdapter`).
 
-``auto``: bf16 autocast on a GPU that has it (else fp16), bf16 autocast on a CPU with native bf16
-matrix units (AVX512-BF16 or AMX: recent Xeon and EPYC), fp32 on other CPUs. Weights stay fp32;
-autocast runs the matrix products in bf16. Measured on a 2-core EPYC with AVX512-BF16
-(benchmarks/cpu_step.py, RESULTS.md "CPU step benchmark"): a LoRA step of the demo preset 2.9x and
-greedy report generation 1.3x faster than fp32.
+``auto``: bf16 autocast on a GPU that has it (else fp16); on a CPU, bf16 autocast where the CPU
+has native bf16 (AVX512-BF16 or AMX) *and* a bf16 matrix product measures faster than fp32 there
+(`cpu_bf16_is_faster`, ~0.3 s once per process), fp32 elsewhere. Weights stay fp32; autocast runs
+the matrix products in bf16. The flag alone is not enough (benchmarks/cpu_step.py, RESULTS.md "CPU
+step benchmark"): on a 2-core AMD EPYC with AVX512-BF16 a LoRA step of the demo preset ran 2.4x and
+greedy generation 1.5x faster in bf16, on a 2-core Intel Xeon that reports AVX512-BF16 too, 0.59x
+and 0.66x (slower), and a full fine-tuning step of the demo's stage 2 took ~46 s against ~5 s in fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -26,6 +30,34 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+# One LLM projection of a demo-sized batch: (tokens, hidden) @ (hidden, intermediate) of SmolLM2-135M.
+PROBE_SHAPE = (1024, 576, 1536)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_faster(margin: float = 1.1) -> bool:
+    """Whether this CPU has native bf16 and a matrix product in bf16 autocast runs at least
+    ``margin`` times faster than in fp32 (best of 5 after a warm-up, each; ~0.3 s, once per process)."""
+    if not cpu_has_native_bf16():
+        return False
+    rows, inner, cols = PROBE_SHAPE
+    x, w = torch.randn(rows, inner), torch.randn(inner, cols)
+
+    def best_seconds(context) -> float:
+        with context, torch.no_grad():
+            x @ w
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                x @ w
+                times.append(time.perf_counter() - started)
+        return min(times)
+
+    fp32 = best_seconds(contextlib.nullcontext())
+    bf16 = best_seconds(torch.autocast("cpu", dtype=torch.bfloat16))
+    return bf16 * margin <= fp32
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """``fp32``, ``bf16`` or ``fp16`` for ``precision`` (one of `PRECISIONS`) on ``device``; a
     choice the device cannot run is an error."""
@@ -35,7 +67,7 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if precision == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_bf16_is_faster() else "fp32"
     if not cuda and precision == "fp16":
         raise MedMLLMError("precision fp16 needs a GPU; use auto, bf16 or fp32 on the CPU")
     if not cuda and precision == "bf16" and not cpu_has_native_bf16():
@@ -51,4 +83,4 @@ def autocast(precision: str, device: str | torch.device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if resolved == "bf16" else torch.float16)
 
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "cpu_bf16_is_faster", "cpu_has_native_bf16", "resolve_precision"]
