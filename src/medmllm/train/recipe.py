@@ -123,7 +123,7 @@ class StageArgs(_Args):
 class RunArgs(_Args):
     output_dir: Path = Path("runs/run")
     seed: int = 42
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) autocast on a GPU, bf16 on a CPU with native bf16, else fp32 (model/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) autocast on a GPU, bf16 on a CPU with native bf16 that measures faster, else fp32 (model/precision.py)
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(500, ge=1)  # Trainer checkpoints (for --resume); None: none

@@ -245,7 +245,7 @@ def prepare_model(model, stage: StageArgs, gradient_checkpointing: bool):
 
 def precision_flags(precision: str) -> dict:
     """TrainingArguments' bf16/fp16 for ``run.precision`` (`medmllm.model.precision`: autocast on a
-    GPU, and on a CPU with native bf16; fp32 on other CPUs)."""
+    GPU, and on a CPU with native bf16 that measures faster; fp32 on other CPUs)."""
     from medmllm.model.precision import resolve_precision
 
     resolved = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")

@@ -26,7 +26,7 @@ def run_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Samples generated at once (concurrent requests for --endpoint)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer, in tokens."),
     device: str = typer.Option(None, "--device", help="torch device for --model / --hf-model (default: cuda if available, else cpu)."),
-    precision: str = typer.Option("auto", "--precision", help="--model: auto (bf16 autocast on a GPU or a CPU with native bf16), "
+    precision: str = typer.Option("auto", "--precision", help="--model: auto (bf16 autocast on a GPU or a CPU with native bf16 that measures faster), "
                                                               "fp32, bf16 or fp16."),
     judge_endpoint: str = typer.Option(None, "--judge-endpoint", help="OpenAI-compatible URL of an LLM judge for P2Med record components."),
     judge_model: str = typer.Option(None, "--judge-model", help="The judge's model name at --judge-endpoint, or a local causal LM folder."),
