@@ -283,6 +283,7 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert any("balanced overall" in line for line in lines)  # n=200: too few questions of any one finding
     assert summary["diagnosis_balance"] == "overall" and "ones overall, so no fixed answer" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}
+    assert summary["config"]["precision"] in ("fp32", "bf16") and f"precision: {summary['config']['precision']} (run.precision: auto)" in lines
 
 
 def test_demo_cli_asks_as_many_question_rounds_as_the_config():
