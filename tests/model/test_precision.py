@@ -52,5 +52,9 @@ def test_the_bf16_probe_times_real_products_and_needs_native_bf16(monkeypatch):
     mp.cpu_bf16_is_faster.cache_clear()
     ticks = iter([0, 10] * 5 + [0, 1] * 5)  # fp32 products 10 ticks, bf16 products 1 tick
     monkeypatch.setattr(mp.time, "perf_counter", lambda: next(ticks))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     assert mp.cpu_bf16_is_faster() is True
+    assert torch.equal(torch.rand(3), expected)  # measuring did not move a seeded run's random numbers
     mp.cpu_bf16_is_faster.cache_clear()
