@@ -290,12 +290,10 @@ def run_demo(config: DemoConfig) -> dict:
             log(f"fetching {needed} once (medmllm models fetch {needed})")
             llm = fetch(needed)
         log(f"{needed}: {llm}")
-    import torch
-
-    from medmllm.model.precision import resolve_precision
+    from medmllm.model.precision import training_precision
 
     # said up front: bf16 where it measures faster, fp32 elsewhere; the minutes differ a few times over
-    precision = resolve_precision(recipe.run.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    precision = training_precision(recipe.run.precision)
     log(f"precision: {precision} (run.precision: {recipe.run.precision})")
     done()
 

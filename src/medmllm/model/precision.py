@@ -76,6 +76,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return precision
 
 
+def training_precision(precision: str) -> str:
+    """`resolve_precision` on the device a run trains on (the GPU when there is one)."""
+    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def autocast(precision: str, device: str | torch.device):
     """A context that runs the model in ``resolve_precision(precision, device)`` (nothing for fp32)."""
     resolved = resolve_precision(precision, device)
@@ -84,4 +89,4 @@ def autocast(precision: str, device: str | torch.device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if resolved == "bf16" else torch.float16)
 
 
-__all__ = ["PRECISIONS", "autocast", "cpu_bf16_is_faster", "cpu_has_native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "autocast", "cpu_bf16_is_faster", "cpu_has_native_bf16", "resolve_precision", "training_precision"]

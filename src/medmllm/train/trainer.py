@@ -246,9 +246,9 @@ def prepare_model(model, stage: StageArgs, gradient_checkpointing: bool):
 def precision_flags(precision: str) -> dict:
     """TrainingArguments' bf16/fp16 for ``run.precision`` (`medmllm.model.precision`: autocast on a
     GPU, and on a CPU with native bf16 that measures faster; fp32 on other CPUs)."""
-    from medmllm.model.precision import resolve_precision
+    from medmllm.model.precision import training_precision
 
-    resolved = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    resolved = training_precision(precision)
     return {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
 
 
