@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     from medmllm.model.adapters import add_lora
     from medmllm.model.factory import build
-    from medmllm.model.precision import autocast, cpu_has_native_bf16
+    from medmllm.model.precision import autocast, cpu_has_native_bf16, resolve_precision
 
     if not cpu_has_native_bf16():
         sys.exit("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast would be emulated; nothing to compare")
@@ -139,8 +139,6 @@ def main() -> None:
         lines.append(f"| {name} | {seconds:.2f} | {ratio} |")
     gen = {name: s for name, s in rows if name.startswith("generate")}
     fp32, bf16 = gen["generate 16 x 80 tokens, fp32"], gen["generate 16 x 80 tokens, bf16"]
-    from medmllm.model.precision import resolve_precision
-
     lines += ["", f"Generation: bf16 autocast {fp32 / bf16:.2f}x faster than fp32. `run.precision: auto` resolves to "
               f"{resolve_precision('auto', 'cpu')} on this machine (`medmllm.model.precision.cpu_bf16_is_faster`).", "",
               f"Adam over the LLM's own weights ({sum(p.numel() for p in weights) / 1e6:.0f}M, embeddings excluded; fp32):", "",

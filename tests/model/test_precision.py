@@ -31,7 +31,6 @@ def test_fp16_on_the_cpu_and_unknown_names_are_clear_errors():
         mp.resolve_precision("half", "cpu")
 
 
-
 def test_auto_stays_fp32_on_a_cpu_whose_native_bf16_measures_slower(monkeypatch):
     # an Intel Xeon that reports AVX512-BF16 ran the demo's training steps ~9x slower in bf16
     monkeypatch.setattr(mp, "cpu_has_native_bf16", lambda: True)
@@ -40,8 +39,15 @@ def test_auto_stays_fp32_on_a_cpu_whose_native_bf16_measures_slower(monkeypatch)
     assert mp.resolve_precision("bf16", "cpu") == "bf16"  # asked for by name, it is still allowed
 
 
-def test_the_bf16_probe_times_real_products_and_needs_native_bf16(monkeypatch):
+@pytest.fixture
+def fresh_probe():
+    """The probe's cached answer forgotten before and after, so that no fake clock's answer outlives its test."""
     mp.cpu_bf16_is_faster.cache_clear()
+    yield
+    mp.cpu_bf16_is_faster.cache_clear()
+
+
+def test_the_bf16_probe_times_real_products_and_needs_native_bf16(monkeypatch, fresh_probe):
     monkeypatch.setattr(mp, "cpu_has_native_bf16", lambda: False)
     assert mp.cpu_bf16_is_faster() is False  # no native bf16: never measured, never faster
     mp.cpu_bf16_is_faster.cache_clear()
@@ -57,4 +63,3 @@ def test_the_bf16_probe_times_real_products_and_needs_native_bf16(monkeypatch):
     torch.manual_seed(0)
     assert mp.cpu_bf16_is_faster() is True
     assert torch.equal(torch.rand(3), expected)  # measuring did not move a seeded run's random numbers
-    mp.cpu_bf16_is_faster.cache_clear()
