@@ -374,3 +374,27 @@ def test_a_fitted_pixel_centering_is_saved_with_the_model_and_used_before_the_en
     torch.testing.assert_close(loaded.pixel_centering.mean_3d, model.pixel_centering.mean_3d, rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, centred, rtol=0, atol=0)
+
+
+def test_snapped_visual_tokens_are_word_embeddings_and_still_pass_gradients(tmp_path):
+    """With config.visual_words each visual token is the input embedding of the word the output
+    layer reads it as (forward), while the perceiver still gets a gradient (straight-through)."""
+    words = [10, 20, 30, 40]
+    model = tiny(visual_words=words)
+    pixels = torch.randn(2, 1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    raw = model.projector(model.perceiver(model.vision_encoder(pixels)))
+    snapped = model.visual_tokens(pixels)  # (2, L, E)
+    table = model.get_input_embeddings().weight
+    read = (raw @ model.get_output_embeddings().weight[words].T).argmax(-1)
+    torch.testing.assert_close(snapped, table[torch.tensor(words)[read]])
+    assert len(set(read.flatten().tolist())) > 1  # not one word for every token
+    snapped.pow(2).sum().backward()
+    assert model.perceiver.latents.grad is not None and model.perceiver.latents.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)  # the words are part of the model
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.visual_words == words
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.visual_tokens(pixels), snapped.detach())
+    model.config.visual_words = None
+    with torch.no_grad():
+        torch.testing.assert_close(model.visual_tokens(pixels), raw.detach())

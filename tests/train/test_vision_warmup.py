@@ -181,3 +181,29 @@ def test_auroc_equals_sklearn_with_ties():
     scores = np.round(rng.random(200) + 0.3 * labels, 1)  # rounded: many ties
     assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert auroc(np.ones(5), np.arange(5.0)) is None
+
+
+def test_snap_to_words_leaves_visual_tokens_that_are_the_impressions_word_embeddings(splits, tmp_path):
+    """After a warm-up with snap_to_words, the first visual token of a held-out image *is* the input
+    embedding of its impression's first word ("Right" / "Normal"), and the next stage trains on it."""
+    from medmllm.train.vision_warmup import impression_embeddings
+
+    train, eval = splits
+    results = run_recipe(warmup_recipe(tmp_path / "run", train, eval, impression_words=True, snap_to_words=True), keep_model=True)
+    model, processor = results[0].model, results[0].processor
+    _, mask, ids = impression_embeddings(model, processor, [EFFUSION, CLEAR])
+    assert model.config.visual_words == torch.unique(ids[mask > 0]).tolist() and results[0].metrics["visual_words"] == len(model.config.visual_words)
+    table = model.get_input_embeddings().weight
+    items = labelled_images(eval)
+    right = 0
+    with torch.no_grad():
+        for image, _, text in items:
+            first = model.visual_tokens(processor.image_tensor(image, str(eval))[None])[0, 0]
+            right += torch.equal(first, table[ids[0 if text == EFFUSION else 1, 0]])
+    assert right / len(items) > 0.9
+    assert (results[1].output_dir / "DONE").exists()
+
+
+def test_snap_to_words_needs_the_impression_words():
+    with pytest.raises(MedMLLMError, match="snap_to_words"):
+        parse_recipe({"stages": [{"name": "s", "objective": "report-labels", "snap_to_words": True}]}, "r.yaml")

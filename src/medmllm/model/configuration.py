@@ -43,6 +43,9 @@ class MedMLLMConfig(PreTrainedConfig):
         pixel_center_shape: (D, H, W) of the mean images that `medmllm.model.vision.PixelCentering`
             subtracts before the vision encoder (None = off). Set by a ``report-labels`` stage,
             which fits them on its training images.
+        visual_words: token ids the visual tokens are snapped to (None = off): each visual token is
+            replaced by the LLM's input embedding of the word it reads as (straight-through), so the
+            LLM sees words it already knows. Set by a ``report-labels`` stage with ``snap_to_words``.
         image_start_token_id / image_end_token_id / image_patch_token_id: ids of the added tokens,
             set when the tokenizer is extended (`medmllm.model.factory`).
     """
@@ -66,6 +69,7 @@ class MedMLLMConfig(PreTrainedConfig):
     image_mean: list | None = None
     image_std: list | None = None
     pixel_center_shape: list | None = None
+    visual_words: list | None = None
     image_start_token_id: int | None = None
     image_end_token_id: int | None = None
     image_patch_token_id: int | None = None

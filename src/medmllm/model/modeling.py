@@ -149,7 +149,28 @@ class MedMLLMForCausalLM(MedMLLMPreTrainedModel, GenerationMixin):
         """pixels (n, C, D, H, W) of one size -> visual tokens (n, L, E), before the exam embedding."""
         if self.pixel_centering is not None:
             pixels = self.pixel_centering(pixels)
-        return self.projector(self.perceiver(self.vision_encoder(pixels)))
+        return self.snap_to_words(self.projector(self.perceiver(self.vision_encoder(pixels))))
+
+    def snap_to_words(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual (n, L, E) -> each token replaced by the input embedding of the word of
+        ``config.visual_words`` that the LLM's output layer reads it as (unchanged when None).
+
+        Why: the warm-up's visual tokens decode to the impression's words through the output layer
+        (label F1 0.57 on the demo's first exams), yet the LLM did not copy them into its report:
+        they are 3.5x longer than any word's embedding and point elsewhere (cosine 0.2). Snapped,
+        the image reads as text, which a pretrained LLM copies. Straight-through (VQ-VAE): the
+        forward pass is the word's embedding, the gradient that of the soft mixture over the words,
+        so a perceiver that trains on still learns."""
+        if not self.config.visual_words:
+            return visual
+        words = torch.as_tensor(self.config.visual_words, device=visual.device)
+        table = self.get_input_embeddings().weight[words].to(visual.dtype)  # (W, E)
+        read = visual @ self.get_output_embeddings().weight[words].to(visual.dtype).T  # (n, L, W)
+        hard = table[read.argmax(-1)]
+        if not (torch.is_grad_enabled() and read.requires_grad):
+            return hard  # exactly the words' embeddings, where no gradient is wanted
+        soft = read.softmax(-1) @ table
+        return hard + soft - soft.detach()
 
     def enable_pixel_centering(self, shape) -> PixelCentering:
         """Add (or reset) the `PixelCentering` before the vision encoder, its means of ``shape``

@@ -85,8 +85,12 @@ class StageArgs(_Args):
     center_pixels: bool = True
     # report-labels only: phase 2 also scores each visual token with the LLM's output layer against
     # the impression's token (cross-entropy), so that the tokens decode to the impression's words
-    # (docs/training.md; on the demo it did not help the LLM read them, so it is off by default).
+    # (docs/training.md; alone it did not help the LLM read them, so it is off by default).
     impression_words: bool = False
+    # report-labels with impression_words only: afterwards every visual token is snapped to the
+    # embedding of the impression word it reads as (`MedMLLMForCausalLM.snap_to_words`), so the
+    # LLM sees the image as words and can copy them into its report (docs/training.md).
+    snap_to_words: bool = False
     data: DataArgs = Field(default_factory=DataArgs)
     train: FreezeArgs = Field(default_factory=FreezeArgs)
     lora: LoraArgs | None = None
@@ -110,6 +114,9 @@ class StageArgs(_Args):
     def _objective_fits(self) -> StageArgs:
         if self.objective == "report-labels" and self.lora is not None:
             raise ValueError("a report-labels stage trains the vision encoder only; remove 'lora'")
+        if self.snap_to_words and not (self.objective == "report-labels" and self.impression_words and self.train.perceiver):
+            raise ValueError("snap_to_words snaps to the impression words a report-labels stage taught the perceiver: "
+                             "it needs objective: report-labels, impression_words: true and train.perceiver")
         return self
 
     @field_validator("name")

@@ -189,8 +189,12 @@ def run_report_label_stage(model, processor, stage, seed: int, log_path: Path, l
                 return mse + bce + ce
 
             encoder.eval()
+            model.config.visual_words = None  # a warm-up run again learns from the raw tokens
             params = [*model.perceiver.parameters(), *model.projector.parameters(), *readout.parameters()]
             metrics.update(_fit("impression", impression_loss, params, pixels, stage, rng, log, logging_steps))
+            if stage.snap_to_words:
+                model.config.visual_words = words.tolist()
+                metrics["visual_words"] = len(words)
     model.eval()
     metrics.update({"train_runtime": round(time.perf_counter() - started, 1), "train_images": len(train),
                     **{f"centering_{k}": v for k, v in centering.items()}})
