@@ -18,6 +18,7 @@ from medmllm.demo import (
     DemoConfig,
     change_f1,
     change_terms,
+    exam_reports,
     first_exams,
     follow_ups,
     more_questions,
@@ -26,6 +27,7 @@ from medmllm.demo import (
     shuffled_label_f1,
     stage_datasets,
     strip_images,
+    with_report_round,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,6 +201,35 @@ def test_more_questions_ask_about_the_same_image_as_many_yes_as_no_and_answer_fr
         assert max(rounds) > 1 and min(rounds) == 1
 
 
+def test_report_rounds_open_each_question_with_the_report_of_its_own_image(minirad, tmp_path):
+    train = [s for s in read_samples(minirad / "train.jsonl") if s.task in DEMO_TASKS]
+    reports = exam_reports(train)
+    questions = [s for s in train if s.task == "radbench/diagnosis-judgement"]
+    opened = 0
+    for question in questions:
+        after = with_report_round(question, reports)
+        report = reports.get(question.images[0].exam)
+        if report is None:
+            assert after is question
+            continue
+        opened += 1
+        assert report.images[0].exam == question.images[0].exam and len(report.turns) == 2  # one exam, one report
+        assert after.turns[:2] == report.turns and after.images == question.images  # the image once, in the report's round
+        assert [t.text for t in after.turns[2:]] == [t.text for t in question.turns]  # then the questions, their image not repeated
+        assert not any(isinstance(p, ImagePart) for t in after.turns[2:] for p in t.content)
+        assert after.turns[1].text.startswith("[Findings]")
+    assert opened > len(questions) // 2
+    other = next(s for s in train if s.task in REPORT_TASKS)
+    assert with_report_round(other, reports) is other
+    for blind in (False, True):  # in the stages asked for, the blind model's too (same text)
+        paths = stage_datasets(train, tmp_path / str(blind), seed=0, source=minirad, report_rounds=("disease-balanced",), blind=blind)
+        for stage, opened in (("task-balanced", False), ("disease-balanced", True)):
+            asked = [s for s in read_samples(paths[stage]) if s.task == "radbench/diagnosis-judgement"]
+            with_report = sum(s.turns[1].text.startswith("[Findings]") for s in asked)
+            assert with_report > len(asked) // 2 if opened else with_report == 0
+            assert all(len(s.images) == (0 if blind else 1) for s in asked)
+
+
 def test_first_exams_have_no_earlier_report_and_follow_ups_have_them_unless_no_mrc(minirad):
     held_out = list(read_samples(minirad / "test.jsonl")) + list(read_samples(minirad / "val.jsonl"))
     firsts = first_exams(held_out)
@@ -283,6 +314,9 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert any("balanced overall" in line for line in lines)  # n=200: too few questions of any one finding
     assert summary["diagnosis_balance"] == "overall" and "ones overall, so no fixed answer" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}
+    assert summary["config"]["report_rounds"] == ["disease-balanced"]  # stage 3's questions open with their image's report
+    assert any(s.turns[1].text.startswith("[Findings]") for s in read_samples(out / "data" / "blind" / "disease-balanced.jsonl")
+               if s.task == "radbench/diagnosis-judgement")
     assert summary["config"]["precision"] in ("fp32", "bf16") and f"precision: {summary['config']['precision']} (run.precision: auto)" in lines
 
 
@@ -293,3 +327,4 @@ def test_demo_cli_asks_as_many_question_rounds_as_the_config():
     from medmllm.cli.demo import demo
 
     assert inspect.signature(demo).parameters["question_rounds"].default.default == DemoConfig.question_rounds == 4
+    assert inspect.signature(demo).parameters["report_rounds"].default.default is True and DemoConfig.report_rounds == ("disease-balanced",)

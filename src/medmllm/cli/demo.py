@@ -27,6 +27,8 @@ def demo(
     all_tasks: bool = typer.Option(False, "--all-tasks", help="Train on every MiniRad task family (records, VQA, ...), not only the benchmark's (slower per useful step)."),
     question_rounds: int = typer.Option(4, "--question-rounds", min=0, max=12, metavar="<int>",
                                         help="Extra yes/no rounds about other findings of the same image after each training question, in yes/no pairs (an odd K asks K-1); 0: one question per image."),
+    report_rounds: bool = typer.Option(True, "--report-rounds/--no-report-rounds",
+                                       help="Open each yes/no question of stage 3 with the report of its image (first-exam reports that follow the image; slower)."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
@@ -37,6 +39,7 @@ def demo(
     from medmllm.demo import DEMO_RECIPE, DemoConfig, run_demo, summary_markdown
 
     summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo, question_rounds=question_rounds,
+                                  report_rounds=DemoConfig.report_rounds if report_rounds else (),
                                   **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")

@@ -26,12 +26,14 @@ from medmllm.demo.pipeline import (
     DEMO_TASKS,
     DemoConfig,
     benchmark,
+    exam_reports,
     more_questions,
     on_datasets,
     rebase,
     run_demo,
     stage_datasets,
     summary_markdown,
+    with_report_round,
 )
 
 __all__ = [
@@ -53,7 +55,9 @@ __all__ = [
     "follow_ups",
     "headline",
     "label_f1",
+    "exam_reports",
     "more_questions",
+    "with_report_round",
     "on_datasets",
     "overlap",
     "rebase",

@@ -67,6 +67,11 @@ class DemoConfig:
     # (`more_questions`): the LLM's practice at reading the image, which the encoder already sees; 0 keeps
     # MiniRad's one question per image (docs/demo.md, "More questions per image")
     question_rounds: int = 4
+    # the stages whose yes/no training questions open with the report of their image (`with_report_round`):
+    # with the warm-up's snap_to_words (recipes/demo.yaml) the first-exam reports then follow the image.
+    # Stage 3 only: in both stages the reports were as good, diagnosis accuracy lower (0.580 vs 0.650)
+    # and the demo 4.5 minutes slower (docs/demo.md, "Reports from the image"); --no-report-rounds: ()
+    report_rounds: tuple[str, ...] = ("disease-balanced",)
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
@@ -90,7 +95,7 @@ def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
 def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None,
                    mrc: bool = True, tasks: tuple[str, ...] | None = None, length_of=None,
                    report_share: tuple[float, float] = (1.0, 1.0), sizes: dict[str, int] | None = None,
-                   question_rounds: int = 0) -> dict[str, Path]:
+                   question_rounds: int = 0, report_rounds: tuple[str, ...] = ()) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -102,6 +107,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``mrc=False``: each report conversation split into its exams, one sample each (P2Med's "w/o MRC").
     ``question_rounds``: each yes/no question of the two instruction stages followed by up to that
     many more about the same image (`more_questions`), after the balancing (the blind model's too).
+    ``report_rounds``: the instruction stages ("task-balanced", "disease-balanced") whose yes/no
+    questions open with the report of their image (`with_report_round`), after the question rounds
+    (the blind model's too).
     ``tasks``: the task families kept (None: all).
     ``length_of``: a sample's length in tokens (default: its characters, `text_length`).
     ``sizes``: {stage: samples} for task-balanced and disease-balanced (`stage_sizes`: what the
@@ -150,6 +158,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
         rng = random.Random(seed)
         task_balanced, disease_balanced = ([more_questions(x, question_rounds, rng) for x in part] for part in (task_balanced, disease_balanced))
     stages = {"knowledge": knowledge, "task-balanced": task_balanced, "disease-balanced": disease_balanced}
+    reports = exam_reports(train) if report_rounds else {}
+    for name in report_rounds:
+        stages[name] = [with_report_round(x, reports) for x in stages[name]]
     paths = {}
     for name, samples in stages.items():
         samples = [strip_images(s) for s in samples] if blind else rebase(samples, source or folder, folder)
@@ -194,6 +205,31 @@ def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
         turns += [Turn(role="user", content=[TextPart(text=rng.choice(forms).format(disease=disease))]),
                   Turn(role="assistant", content=[TextPart(text=answer)])]
     return sample.model_copy(update={"turns": turns})
+
+
+def exam_reports(samples: list[Sample]) -> dict[str, Sample]:
+    """{exam id: that exam's report as a one-exam sample} of the report samples among ``samples``."""
+    from medmllm.data.conversations import split_conversation
+
+    return {one.images[0].exam: one for s in samples if s.task in REPORT_TASKS for one in split_conversation(s) if one.images}
+
+
+def with_report_round(sample: Sample, reports: dict[str, Sample]) -> Sample:
+    """A yes/no diagnosis question with the report of its image (from ``reports``, `exam_reports`)
+    as the conversation's first round: the image, the report request and the report, then the
+    questions about the same image. Any other sample, or an exam without a report, as it is.
+
+    Why: the demo's report conversations give the LLM few first-exam reports, the only ones where
+    nothing but the image says what to write (later rounds can copy the earlier report); this adds
+    one per question (docs/demo.md, "Reports from the image"). The cost: the answers can then be
+    read off the report before them, and ~90 more tokens per question."""
+    from medmllm.data.schema import Turn
+
+    report = reports.get(sample.images[0].exam) if sample.task in DIAGNOSIS_TASKS and sample.images else None
+    if report is None:
+        return sample
+    question = Turn(role="user", content=[p for p in sample.turns[0].content if getattr(p, "type", "") != "image"])
+    return sample.model_copy(update={"turns": [*report.turns, question, *sample.turns[1:]]})
 
 
 def task_family(sample: Sample) -> str:
@@ -329,7 +365,7 @@ def run_demo(config: DemoConfig) -> dict:
     processor = MedMLLMProcessor.from_pretrained(untrained_dir)
     tokens = lambda s: processor.count_tokens(s.to_messages(data))  # noqa: E731  (no image is read)
     shared = dict(mrc=config.mrc, tasks=config.tasks, length_of=tokens, report_share=config.report_share, sizes=stage_sizes(recipe),
-                  question_rounds=config.question_rounds)
+                  question_rounds=config.question_rounds, report_rounds=config.report_rounds)
     seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, **shared)
     blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, **shared)
     for name, path in seeing.items():
@@ -384,7 +420,8 @@ def run_demo(config: DemoConfig) -> dict:
                   for label in HEADLINE}
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe),
                           "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share),
-                          "question_rounds": config.question_rounds, "precision": precision},
+                          "question_rounds": config.question_rounds, "report_rounds": list(config.report_rounds),
+                          "precision": precision},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
                "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
                "diagnosis_balance": balance,
