@@ -71,16 +71,15 @@ def with_report_rounds(source: Path, target: Path, reports: dict, first: bool) -
     `medmllm.demo.with_report_round`, what the demo does) or after its questions, written to
     ``target``; returns how many got one."""
     from medmllm.data.io import read_samples, write_samples
-    from medmllm.data.schema import Turn
     from medmllm.demo import with_report_round
-    from medmllm.demo.benchmark import DIAGNOSIS_TASKS
+    from medmllm.demo.benchmark import DIAGNOSIS_TASKS, without_images
 
     samples, changed = [], 0
     for s in read_samples(source):
         report = reports.get(s.images[0].exam) if s.task in DIAGNOSIS_TASKS and s.images else None
         if report is not None:
-            question = Turn(role="user", content=[p for p in report.turns[0].content if getattr(p, "type", "") != "image"])
-            s, changed = with_report_round(s, reports) if first else s.model_copy(update={"turns": [*s.turns, question, report.turns[1]]}), changed + 1
+            after = [*s.turns, without_images(report.turns[0]), report.turns[1]]
+            s, changed = with_report_round(s, reports) if first else s.model_copy(update={"turns": after}), changed + 1
         samples.append(s)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_samples(target, samples)

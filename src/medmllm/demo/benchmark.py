@@ -46,10 +46,14 @@ CHANGES = {
 }
 
 
+def without_images(turn):
+    """The turn with its image parts left out (the text parts, in order)."""
+    return turn.model_copy(update={"content": [p for p in turn.content if not isinstance(p, ImagePart)]})
+
+
 def strip_images(sample: Sample) -> Sample:
     """The sample as the blind model sees it: the same turns without their image parts."""
-    turns = [turn.model_copy(update={"content": [p for p in turn.content if not isinstance(p, ImagePart)]}) for turn in sample.turns]
-    turns = [t for t in turns if t.content]
+    turns = [t for t in map(without_images, sample.turns) if t.content]
     return sample.model_copy(update={"turns": turns, "images": []})
 
 

@@ -43,6 +43,7 @@ from medmllm.demo.benchmark import (
     predictions_and_references,
     shuffled_label_f1,
     strip_images,
+    without_images,
     yes_no_balanced,
 )
 
@@ -223,13 +224,10 @@ def with_report_round(sample: Sample, reports: dict[str, Sample]) -> Sample:
     nothing but the image says what to write (later rounds can copy the earlier report); this adds
     one per question (docs/demo.md, "Reports from the image"). The cost: the answers can then be
     read off the report before them, and ~90 more tokens per question."""
-    from medmllm.data.schema import Turn
-
     report = reports.get(sample.images[0].exam) if sample.task in DIAGNOSIS_TASKS and sample.images else None
     if report is None:
         return sample
-    question = Turn(role="user", content=[p for p in sample.turns[0].content if getattr(p, "type", "") != "image"])
-    return sample.model_copy(update={"turns": [*report.turns, question, *sample.turns[1:]]})
+    return sample.model_copy(update={"turns": [*report.turns, without_images(sample.turns[0]), *sample.turns[1:]]})
 
 
 def task_family(sample: Sample) -> str:
