@@ -90,3 +90,19 @@ def test_question_messages_stop_before_the_answer(bench):
     sample = next(s for s in import_samples("medmllm", bench) if s.id == "q1/radbench/vqa")
     messages = question_messages(sample)
     assert [m["role"] for m in messages] == ["user"] and "pleural effusion" in json.dumps(messages)
+
+
+def test_our_adapter_counts_the_prompt_tokens_it_generates_from(bench, tmp_path):
+    """`MedMLLMAdapter.prompt_length` (the runner's length order) is the length of the batch the
+    adapter builds, for 2D, 3D and text-only prompts, without reading an image."""
+    from medmllm.eval.adapters import MedMLLMAdapter
+    from tests.conftest import save_tiny_model
+
+    adapter = MedMLLMAdapter(save_tiny_model(tmp_path / "model"))
+    samples = list(import_samples("medmllm", bench))
+    lengths = set()
+    for sample in samples:
+        batch = adapter.processor([question_messages(sample)], add_generation_prompt=True)
+        assert adapter.prompt_length(sample) == batch["input_ids"].shape[1]
+        lengths.add(batch["input_ids"].shape[1])
+    assert len(lengths) > 3

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from medmllm.cli import app
 from medmllm.errors import MedMLLMError
 from medmllm.eval.adapters import Adapter, MedMLLMAdapter
+from medmllm.eval.benchmarks import load_bench
 from medmllm.eval.runner import read_predictions, run_eval
 from tests.conftest import save_tiny_model
 
@@ -44,10 +45,17 @@ def test_run_resumes_and_writes_consistent_outputs(bench, tiny_model, tmp_path, 
     assert second.exit_code == 0, second.output
     ids = [json.loads(line)["id"] for line in bench.read_text().splitlines()]
     assert len(calls) == len(ids) and sorted(calls) == sorted(ids)  # the first 3 were not generated again
-    assert calls[:3] == ids[:3]
+    assert sorted(calls[:3]) == sorted(ids[:3])
+    # longest prompt first (less left padding per batch); the rows are keyed by id
+    samples = {s.id: s for s in load_bench(str(bench))[1]}
+    adapter = MedMLLMAdapter(tiny_model)
+    for run in (calls[:3], calls[3:]):
+        lengths = [adapter.prompt_length(samples[i]) for i in run]
+        assert lengths == sorted(lengths, reverse=True)
+    assert len(set(lengths)) > 3 and lengths != [adapter.prompt_length(samples[i]) for i in ids if i in calls[3:]]  # not the file's order
 
     predictions = _lines(out / "predictions.jsonl")
-    assert [r["id"] for r in predictions] == ids and all("prediction" in r for r in predictions)
+    assert sorted(r["id"] for r in predictions) == sorted(ids) and all("prediction" in r for r in predictions)
     per_sample = _lines(out / "per_sample.jsonl")
     assert [r["id"] for r in per_sample] == ids
     assert {r["dim"] for r in per_sample} == {"2d", "3d", "text"}

@@ -98,6 +98,11 @@ class Adapter:
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def prompt_length(self, sample: Sample) -> int | None:
+        """Tokens of the sample's prompt as the model reads it, or None when unknown (then the runner
+        keeps the benchmark's order)."""
+        return None
+
 
 def _torch_device(device: str | None):
     import torch
@@ -134,6 +139,9 @@ class MedMLLMAdapter(Adapter):
             new = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.processor.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return [text.strip() for text in self.processor.batch_decode(new)]
+
+    def prompt_length(self, sample: Sample) -> int:
+        return self.processor.count_tokens(question_messages(sample), add_generation_prompt=True)  # no image is read
 
     def describe(self) -> dict[str, Any]:
         return {"adapter": self.name, "model": str(self.path.resolve()), "max_new_tokens": self.max_new_tokens, "decoding": "greedy",

@@ -7,7 +7,8 @@
 Files written in OUT (docs/evaluation.md):
 
 - ``predictions.jsonl``: one row per sample ``{"id", "task", "family", "prediction", "seconds"}``
-  or ``{"id", "task", "family", "error"}`` (one line, no traceback). Appended and flushed row by
+  or ``{"id", "task", "family", "error"}`` (one line, no traceback), in the order generated (longest
+  prompt first where the adapter counts tokens: `in_prompt_length_order`). Appended and flushed row by
   row: a run that stops is continued by running it again (ids already there are skipped; a torn
   last line is dropped). ``run.json`` records the model and benchmark; another model or benchmark
   in the same OUT is refused.
@@ -118,6 +119,18 @@ def read_predictions(path: Path, repair: bool = False) -> dict[str, dict]:
 
 def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error, limit=300, default='')}".rstrip(": ")
+
+
+def in_prompt_length_order(samples: list[Sample], adapter) -> list[Sample]:
+    """``samples`` longest prompt first when the adapter can count its prompts' tokens (else as they
+    are): each batch then holds prompts of about one length, so left padding wastes little of the
+    prefill, and a batch too large for memory fails first, not last. Rows are keyed by id, so the
+    order does not change any score."""
+    count = getattr(adapter, "prompt_length", None)  # adapters need not subclass `Adapter`
+    lengths = [count(s) for s in samples] if count is not None else [None]
+    if any(n is None for n in lengths):
+        return samples
+    return [samples[i] for i in sorted(range(len(samples)), key=lambda i: -lengths[i])]
 
 
 def generate_rows(adapter, samples: Sequence[Sample]) -> list[dict]:
@@ -330,7 +343,7 @@ def run_eval(
     _check_run(out, {"model": adapter.describe(), "bench": bench})
     predictions_path = out / PREDICTIONS
     done = read_predictions(predictions_path, repair=True)
-    todo = [s for s in samples if s.id not in done]
+    todo = in_prompt_length_order([s for s in samples if s.id not in done], adapter)
     generated = 0
     with open(predictions_path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), max(1, adapter.batch_size)):
