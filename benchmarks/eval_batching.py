@@ -80,7 +80,7 @@ def main() -> None:
         lines += [f"## {part}: {n} prompts, max_new_tokens {adapter.max_new_tokens}", "",
                   "| batches | seconds | ratio to the anchor | outputs that differ from the anchor's |", "|---|---:|---:|---:|",
                   *time_part(runner, adapter, bench, args.batch_sizes, args.anchor_batch_size), ""]
-        print("\n".join(lines[-(len(args.batch_sizes) + 5):]), flush=True)
+        print("\n".join(lines[-(len(args.batch_sizes) + 6):]), flush=True)
     if args.write:
         replace_section(args.write, HEADING, "\n".join(lines))
         print(f"wrote {args.write}")

@@ -83,8 +83,8 @@ class DemoConfig:
 
 
 # Generation batch per benchmark part, the fastest on a 2-core CPU (benchmarks/eval_batching.py: reports
-# 0.73x the time of batches of 16, diagnosis 0.91x; the long follow-up prompts gain nothing above 16).
-EVAL_BATCH_SIZES = {"diagnosis": 32, "reports": 64, "follow-up": 16}
+# and diagnosis ~0.75x the time of batches of 16; the long follow-up prompts were slower above 16).
+EVAL_BATCH_SIZES = {"diagnosis": 64, "reports": 64, "follow-up": 16}
 
 
 def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
