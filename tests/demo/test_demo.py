@@ -111,6 +111,7 @@ def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
     """One epoch of each LLM stage is its max_steps: the balanced mix is what trains (sizes from `stage_sizes`)."""
     from collections import Counter
 
+    from medmllm.demo.benchmark import DIAGNOSIS_TASKS, answers_no
     from medmllm.demo.pipeline import stage_sizes, task_family, text_length
     from medmllm.train import load_recipe
 
@@ -127,6 +128,12 @@ def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
         assert share(kept) == pytest.approx(share(whole), abs=0.12)  # the same mix, fewer samples
         assert Counter(s.id for s in kept).most_common(1)[0][1] == 1  # drawn without repeats
     assert len(list(read_samples(cut["knowledge"]))) == len(list(read_samples(full["knowledge"])))  # not sized: the warm-up reads it all
+    # a part of the yes/no questions drawn, in any seed still half "no" (a draw of the whole family drifted)
+    for seed in range(8):
+        drawn = stage_datasets(train, tmp_path / f"seed{seed}", seed=seed, source=minirad, tasks=DEMO_TASKS, report_share=(0.5, 2.0), sizes=sizes)
+        for stage in sizes:
+            answers = Counter(answers_no(s) for s in read_samples(drawn[stage]) if s.task in DIAGNOSIS_TASKS)
+            assert abs(answers[True] - answers[False]) <= 1 and answers[True] > 3, (seed, stage, answers)
 
 
 def test_yes_no_balanced_asks_as_many_no_as_yes_of_each_kind_in_their_order(minirad):
