@@ -134,6 +134,7 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     Yes/no diagnosis questions are balanced first, as many "no" as "yes" (`balance_normal` over the
     answers): MiniRad asks every normal exam a "no" question, two answers in three are "no", and a
     few minutes of steps on that learn to say "no" (0.66 of such questions right, none told apart).
+    The family's share is then drawn half "no", half "yes" (`answer_halves`), not at random.
     """
     from medmllm.data.conversations import split_conversation
     from medmllm.data.curate.balance import balance_by_category, balance_by_task, balance_normal, diseases_of
