@@ -128,9 +128,9 @@ def in_prompt_length_order(samples: list[Sample], adapter) -> list[Sample]:
     order does not change any score."""
     count = getattr(adapter, "prompt_length", None)  # adapters need not subclass `Adapter`
     lengths = [count(s) for s in samples] if count is not None else [None]
-    if any(n is None for n in lengths):
+    if None in lengths:
         return samples
-    return [samples[i] for i in sorted(range(len(samples)), key=lambda i: -lengths[i])]
+    return [s for _, s in sorted(zip(lengths, samples), key=lambda pair: pair[0], reverse=True)]  # stable among equals
 
 
 def generate_rows(adapter, samples: Sequence[Sample]) -> list[dict]:
