@@ -5,6 +5,7 @@ with CIs -> summary. The real demo (SmolLM2, minutes) is `make demo`; this prove
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,6 @@ def test_stage_datasets_follow_p2med(minirad, tmp_path):
     blind = stage_datasets(train, tmp_path / "blind", seed=0, blind=True)
     knowledge = list(read_samples(paths["knowledge"]))
     assert knowledge and all(s.task.startswith("p2med/report") for s in knowledge)  # stage 1: image-report pairs
-    from collections import Counter
-
     from medmllm.demo.benchmark import answers_no
     from medmllm.demo.pipeline import task_family, text_length
 
@@ -109,8 +108,6 @@ def test_scaled_counts_keep_the_proportions_and_the_total_and_never_scale_up():
 
 def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
     """One epoch of each LLM stage is its max_steps: the balanced mix is what trains (sizes from `stage_sizes`)."""
-    from collections import Counter
-
     from medmllm.demo.benchmark import DIAGNOSIS_TASKS, answers_no
     from medmllm.demo.pipeline import stage_sizes, task_family, text_length
     from medmllm.train import load_recipe
@@ -137,8 +134,6 @@ def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
 
 
 def test_yes_no_balanced_asks_as_many_no_as_yes_of_each_kind_in_their_order(minirad):
-    from collections import Counter
-
     from medmllm.demo.benchmark import answers_no, question_kind, yes_no_balanced
 
     questions = [s for s in read_samples(minirad / "samples.jsonl") if s.task == "radbench/diagnosis-judgement"]
@@ -171,6 +166,19 @@ def test_no_mrc_stage_datasets_hold_one_exam_per_report_sample(minirad, tmp_path
     assert all(len(s.images) == 1 and sum(t.role == "assistant" for t in s.turns) == 1 for s in knowledge)
     exams = {s.id for s in knowledge}
     assert all(r.id in exams for s in conversations for r in split_conversation(s))  # every exam of every visit, alone
+
+
+def test_single_exam_stages_split_the_reports_of_those_stages_only(minirad, tmp_path):
+    train = [s for s in read_samples(minirad / "train.jsonl") if s.task in DEMO_TASKS]
+    paths = stage_datasets(train, tmp_path, seed=0, source=minirad, single_exam_stages=("disease-balanced",))
+
+    def exams_per_report(stage):
+        return Counter(len(s.images) for s in read_samples(paths[stage]) if s.task in REPORT_TASKS)
+
+    assert set(exams_per_report("disease-balanced")) == {1}  # stage 3: one exam per report sample
+    assert max(exams_per_report("task-balanced")) > 1 and max(exams_per_report("knowledge")) > 1  # the others: the visits
+    exams = [s.images[0].exam for s in read_samples(paths["disease-balanced"]) if s.task in REPORT_TASKS]
+    assert any(not exam.endswith("-e1") for exam in exams)  # a visit's later exams too, each alone
 
 
 def test_more_questions_ask_about_the_same_image_as_many_yes_as_no_and_answer_from_the_labels(minirad, tmp_path):
@@ -322,6 +330,8 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert summary["diagnosis_balance"] == "overall" and "ones overall, so no fixed answer" in (out / "summary.md").read_text()
     assert set(summary["timings_s"]) >= {"MiniRad", "train (3 stages)", "evaluate on the held-out MiniRad patients"}
     assert summary["config"]["report_rounds"] == ["disease-balanced"]  # stage 3's questions open with their image's report
+    assert summary["config"]["single_exam_stages"] == ["task-balanced"]  # stage 2's reports: one exam each
+    assert all(len(s.images) == 1 for s in read_samples(out / "data" / "seeing" / "task-balanced.jsonl") if s.task in REPORT_TASKS)
     assert any(s.turns[1].text.startswith("[Findings]") for s in read_samples(out / "data" / "blind" / "disease-balanced.jsonl")
                if s.task == "radbench/diagnosis-judgement")
     assert summary["config"]["precision"] in ("fp32", "bf16") and f"precision: {summary['config']['precision']} (run.precision: auto)" in lines
@@ -331,7 +341,24 @@ def test_demo_cli_asks_as_many_question_rounds_as_the_config():
     """The CLI's --question-rounds default is DemoConfig's: `make demo` runs the recipe the docs report."""
     import inspect
 
-    from medmllm.cli.demo import demo
+    from medmllm.cli.demo import demo, stage_names
 
     assert inspect.signature(demo).parameters["question_rounds"].default.default == DemoConfig.question_rounds == 4
     assert inspect.signature(demo).parameters["report_rounds"].default.default is True and DemoConfig.report_rounds == ("disease-balanced",)
+    single = inspect.signature(demo).parameters["single_exam_stages"].default.default
+    assert stage_names(single) == DemoConfig.single_exam_stages == ("task-balanced",)
+    assert stage_names("none") == () and stage_names("task-balanced, disease-balanced") == ("task-balanced", "disease-balanced")
+
+
+@pytest.mark.parametrize("args, message", [(["--single-exam-stages", "stage-2"], "stage-2: not an instruction stage"),
+                                           (["--n", "abc"], "Invalid value for '--n'")])
+def test_demo_cli_usage_errors_are_one_line_before_any_work(tmp_path, args, message):
+    """Through the real entry point (`main`): a usage error is a message and exit 2, never a traceback
+    (typer 0.29 raises its own copy of click's exceptions, which `main` once let through)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "medmllm", "demo", "-o", str(tmp_path / "out"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -54,7 +54,8 @@ def main() -> None:
     except Exception as e:  # click usage errors arrive here in non-standalone mode
         import click
 
-        if isinstance(e, click.ClickException):
+        # newer typer (0.29 here) raises its own copy of click's exceptions (typer.TyperException), not click's
+        if isinstance(e, click.ClickException) or (isinstance(e, typer.TyperException) and hasattr(e, "show")):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -29,10 +29,13 @@ def demo(
                                         help="Extra yes/no rounds about other findings of the same image after each training question, in yes/no pairs (an odd K asks K-1); 0: one question per image."),
     report_rounds: bool = typer.Option(True, "--report-rounds/--no-report-rounds",
                                        help="Open each yes/no question of stage 3 with the report of its image (first-exam reports that follow the image; slower)."),
+    single_exam_stages: str = typer.Option("task-balanced", "--single-exam-stages", metavar="<stages>",
+                                           help="Comma-separated instruction stages (task-balanced, disease-balanced) whose report conversations are split into their exams; 'none': keep every visit's conversation."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
     """Run the toolkit end to end and write what it makes under OUT."""
+    single_exam = stage_names(single_exam_stages)  # a wrong name fails here, before minutes of work
     scans_tour(out, scans)
     if scans_only:
         return
@@ -40,11 +43,22 @@ def demo(
 
     summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo, question_rounds=question_rounds,
                                   report_rounds=DemoConfig.report_rounds if report_rounds else (),
+                                  single_exam_stages=single_exam,
                                   **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")
     typer.echo(f"Talk to the trained model:\n  medmllm serve keys add {out}/keys.txt\n"
                f"  medmllm serve --model {summary['models']['trained']} --api-keys {out}/keys.txt   # then http://127.0.0.1:8000/ui/clinician")
+
+
+def stage_names(text: str) -> tuple[str, ...]:
+    """--single-exam-stages: "task-balanced,disease-balanced" -> the names; "none" -> ()."""
+    names = tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
+    unknown = [x for x in names if x not in ("task-balanced", "disease-balanced")]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: not an instruction stage (task-balanced, disease-balanced, or none)",
+                                 param_hint="--single-exam-stages")
+    return names
 
 
 def scans_tour(out: Path, scans: Path) -> None:

@@ -73,6 +73,11 @@ class DemoConfig:
     # Stage 3 only: in both stages the reports were as good, diagnosis accuracy lower (0.580 vs 0.650)
     # and the demo 4.5 minutes slower (docs/demo.md, "Reports from the image"); --no-report-rounds: ()
     report_rounds: tuple[str, ...] = ("disease-balanced",)
+    # the instruction stages whose report conversations are split into their exams (`stage_datasets`):
+    # stage 2 (lr 1e-4, where the LLM learns most) then learns each report from its own image alone and
+    # the first-exam reports followed the image in more runs; stage 3 keeps the visits' conversations,
+    # for the follow-up exams (docs/demo.md, "Stage 2 on single exams"); --single-exam-stages none: ()
+    single_exam_stages: tuple[str, ...] = ("task-balanced",)
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time)
@@ -101,7 +106,8 @@ def rebase(samples: list[Sample], source: Path, folder: Path) -> list[Sample]:
 def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool = False, source: Path | None = None,
                    mrc: bool = True, tasks: tuple[str, ...] | None = None, length_of=None,
                    report_share: tuple[float, float] = (1.0, 1.0), sizes: dict[str, int] | None = None,
-                   question_rounds: int = 0, report_rounds: tuple[str, ...] = ()) -> dict[str, Path]:
+                   question_rounds: int = 0, report_rounds: tuple[str, ...] = (),
+                   single_exam_stages: tuple[str, ...] = ()) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -116,6 +122,8 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``report_rounds``: the instruction stages ("task-balanced", "disease-balanced") whose yes/no
     questions open with the report of their image (`with_report_round`), after the question rounds
     (the blind model's too).
+    ``single_exam_stages``: the instruction stages whose report conversations are split into their
+    exams, one sample each, as with ``mrc=False`` (the other stages keep the visits' conversations).
     ``tasks``: the task families kept (None: all).
     ``length_of``: a sample's length in tokens (default: its characters, `text_length`).
     ``sizes``: {stage: samples} for task-balanced and disease-balanced (`stage_sizes`: what the
@@ -154,14 +162,18 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
         counts = scaled_counts(counts, size) if size else counts
         return balance_by_task(samples, answer_halves(counts), seed, task_of=family_and_answer)[0]
 
+    def single_exams(samples: list[Sample]) -> list[Sample]:
+        return [one for s in samples for one in (split_conversation(s) if s.task in REPORT_TASKS else [s])]
+
     if not mrc:
-        train = [one for s in train for one in (split_conversation(s) if s.task in REPORT_TASKS else [s])]
+        train = single_exams(train)
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     sizes = sizes or {}
-    task_balanced = balanced(train, report_share[0], sizes.get("task-balanced"))
+    task_balanced = balanced(single_exams(train) if "task-balanced" in single_exam_stages else train, report_share[0], sizes.get("task-balanced"))
     # drawn per disease, then balanced again: the draw favours questions about a disease the
     # patient has, and a stage of mostly "yes" taught the model to answer a report request "yes"
-    by_disease, _ = balance_by_category(train, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(train) // 12), seed=seed)
+    stage3 = single_exams(train) if "disease-balanced" in single_exam_stages else train
+    by_disease, _ = balance_by_category(stage3, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(stage3) // 12), seed=seed)
     disease_balanced = balanced(by_disease, report_share[1], sizes.get("disease-balanced"))
     if question_rounds:
         rng = random.Random(seed)
@@ -391,7 +403,8 @@ def run_demo(config: DemoConfig) -> dict:
     processor = MedMLLMProcessor.from_pretrained(untrained_dir)
     tokens = lambda s: processor.count_tokens(s.to_messages(data))  # noqa: E731  (no image is read)
     shared = dict(mrc=config.mrc, tasks=config.tasks, length_of=tokens, report_share=config.report_share, sizes=stage_sizes(recipe),
-                  question_rounds=config.question_rounds, report_rounds=config.report_rounds)
+                  question_rounds=config.question_rounds, report_rounds=config.report_rounds,
+                  single_exam_stages=config.single_exam_stages)
     seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, **shared)
     blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, **shared)
     for name, path in seeing.items():
@@ -447,6 +460,7 @@ def run_demo(config: DemoConfig) -> dict:
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe),
                           "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share),
                           "question_rounds": config.question_rounds, "report_rounds": list(config.report_rounds),
+                          "single_exam_stages": list(config.single_exam_stages),
                           "precision": precision},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
                "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
