@@ -180,6 +180,8 @@ def test_single_exam_stages_split_the_reports_of_those_stages_only(minirad, tmp_
     assert max(exams_per_report("task-balanced")) > 1 and max(exams_per_report("knowledge")) > 1  # the others: the visits
     exams = [s.images[0].exam for s in read_samples(paths["disease-balanced"]) if s.task in REPORT_TASKS]
     assert any(not exam.endswith("-e1") for exam in exams)  # a visit's later exams too, each alone
+    with pytest.raises(ValueError, match="stage-2"):  # a typo is an error, not the recipe before
+        stage_datasets(train, tmp_path / "typo", seed=0, source=minirad, single_exam_stages=("stage-2",))
 
 
 def test_more_questions_ask_about_the_same_image_as_many_yes_as_no_and_answer_from_the_labels(minirad, tmp_path):

@@ -53,10 +53,12 @@ def demo(
 
 def stage_names(text: str) -> tuple[str, ...]:
     """--single-exam-stages: "task-balanced,disease-balanced" -> the names; "none" -> ()."""
+    from medmllm.demo.pipeline import INSTRUCTION_STAGES
+
     names = tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
-    unknown = [x for x in names if x not in ("task-balanced", "disease-balanced")]
+    unknown = [x for x in names if x not in INSTRUCTION_STAGES]
     if unknown:
-        raise typer.BadParameter(f"{', '.join(unknown)}: not an instruction stage (task-balanced, disease-balanced, or none)",
+        raise typer.BadParameter(f"{', '.join(unknown)}: not an instruction stage ({', '.join(INSTRUCTION_STAGES)}, or none)",
                                  param_hint="--single-exam-stages")
     return names
 

@@ -48,6 +48,7 @@ from medmllm.demo.benchmark import (
 )
 
 DEMO_RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "demo.yaml"
+INSTRUCTION_STAGES = ("task-balanced", "disease-balanced")  # P2Med's stages 2 and 3, the ones that train the LLM here
 DEMO_TASKS = DIAGNOSIS_TASKS + REPORT_TASKS
 
 
@@ -148,6 +149,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     from medmllm.data.curate.balance import balance_by_category, balance_by_task, balance_normal, diseases_of
     from medmllm.data.io import write_samples
 
+    unknown = set(single_exam_stages) - set(INSTRUCTION_STAGES)
+    if unknown:
+        raise ValueError(f"single_exam_stages: {sorted(unknown)} are not instruction stages {INSTRUCTION_STAGES}")
     folder.mkdir(parents=True, exist_ok=True)
     if tasks is not None:
         train = [s for s in train if s.task in tasks]
@@ -167,12 +171,14 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
 
     if not mrc:
         train = single_exams(train)
+    split = single_exams(train) if single_exam_stages else train
+    train_of = {stage: split if stage in single_exam_stages else train for stage in INSTRUCTION_STAGES}
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     sizes = sizes or {}
-    task_balanced = balanced(single_exams(train) if "task-balanced" in single_exam_stages else train, report_share[0], sizes.get("task-balanced"))
+    task_balanced = balanced(train_of["task-balanced"], report_share[0], sizes.get("task-balanced"))
     # drawn per disease, then balanced again: the draw favours questions about a disease the
     # patient has, and a stage of mostly "yes" taught the model to answer a report request "yes"
-    stage3 = single_exams(train) if "disease-balanced" in single_exam_stages else train
+    stage3 = train_of["disease-balanced"]
     by_disease, _ = balance_by_category(stage3, lambda s: diseases_of(s) or ["normal"], cap=max(20, len(stage3) // 12), seed=seed)
     disease_balanced = balanced(by_disease, report_share[1], sizes.get("disease-balanced"))
     if question_rounds:
