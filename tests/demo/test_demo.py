@@ -24,6 +24,7 @@ from medmllm.demo import (
     follow_ups,
     more_questions,
     overlap,
+    paired_differences,
     run_demo,
     shuffled_label_f1,
     stage_datasets,
@@ -281,6 +282,38 @@ def test_shuffled_label_f1_tells_a_model_that_sees_from_one_that_writes_the_same
     assert blind["p"] == 1.0  # shuffling identical reports changes nothing
 
 
+def test_paired_differences_pair_the_two_models_on_the_same_ids(tmp_path):
+    from medmllm.data import text_turn, write_samples
+    from medmllm.data.schema import Sample
+    from medmllm.demo import ACCURACY, LABEL_F1, label_f1
+
+    findings = ["Cardiomegaly.", "Large left pleural effusion.", "Right lower lobe atelectasis.", "The lungs are clear."] * 10
+    bench = tmp_path / "reports.jsonl"
+    write_samples(bench, [Sample(id=f"r{i}", task="p2med/report-xray", turns=[text_turn("user", "Report?"), text_turn("assistant", ref)])
+                          for i, ref in enumerate(findings)])
+
+    def model(name: str, reports: list[str], right: list[bool]) -> Path:
+        folder = tmp_path / name
+        for part, rows in (("reports", [{"id": f"r{i}", "prediction": text} for i, text in enumerate(reports)]),
+                           ("diagnosis", [{"id": f"q{i}", "accuracy": float(ok)} for i, ok in enumerate(right)])):
+            (folder / part).mkdir(parents=True)
+            name_of = "predictions.jsonl" if part == "reports" else "per_sample.jsonl"
+            (folder / part / name_of).write_text("".join(json.dumps(row) + "\n" for row in rows[::-1]))  # order must not matter
+        return folder
+
+    # the trained model: every report right, 70 of 100 answers; the blind one: one report for all, 50 of 100
+    trained = model("trained", findings, [i % 10 < 7 for i in range(100)])
+    blind = model("blind", ["Cardiomegaly."] * len(findings), [i % 2 == 0 for i in range(100)])
+    benches = {"reports": bench}
+    paired = paired_differences(trained, blind, benches, benches, resamples=2000)
+    assert paired[ACCURACY]["n"] == 100 and paired[ACCURACY]["difference"] == pytest.approx(0.2)
+    expected = label_f1(list(zip(findings, findings)))["value"] - label_f1([("Cardiomegaly.", r) for r in findings])["value"]
+    assert paired[LABEL_F1]["n"] == 40 and paired[LABEL_F1]["difference"] == pytest.approx(expected) and expected > 0.3
+    assert all(v["ci95"][0] > 0 and v["p"] < 0.01 for v in paired.values())
+    same = paired_differences(blind, blind, benches, benches, resamples=2000)  # a model against itself: no difference
+    assert all(v["difference"] == 0 and v["ci95"] == [0, 0] and v["p"] == 1.0 for v in same.values())
+
+
 def test_overlap_of_intervals():
     assert overlap({"ci95": [0.1, 0.3]}, {"ci95": [0.2, 0.4]}) is True
     assert overlap({"ci95": [0.1, 0.2]}, {"ci95": [0.3, 0.4]}) is False
@@ -315,6 +348,10 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
     assert reports and all(sum(t.role == "assistant" for t in s.turns) == 1 for s in reports)  # first exams: no earlier report to copy
     assert (out / "eval" / "trained" / "follow-up" / "metrics.json").exists() and not (out / "eval" / "blind" / "follow-up").exists()
     assert set(summary["label_f1_shuffled"]) == {"trained", "untrained", "blind"}
+    for label, paired in summary["trained_minus_blind"].items():  # the same samples, paired
+        if paired["difference"] is not None:
+            assert paired["difference"] == pytest.approx(summary["numbers"]["trained"][label]["value"] - summary["numbers"]["blind"][label]["value"])
+    assert any(line.startswith("trained - blind on the same questions and exams (paired bootstrap)") for line in lines)
     from medmllm.demo import summary_markdown
 
     better = {**summary, "comparison": {label: {**c, "trained_better": True} for label, c in summary["comparison"].items()}}

@@ -70,19 +70,24 @@ def follow_ups(samples: list[Sample], *, mrc: bool = True) -> list[Sample]:
     return chosen if mrc else [split_conversation(s)[-1] for s in chosen]
 
 
-def predictions_and_references(eval_dir: Path, bench: Path) -> list[tuple[str, str]]:
-    """(generated, reference) report pairs of a benchmark part: the reference is the last assistant
-    turn, the one the model was asked for."""
+def report_pairs(eval_dir: Path, bench: Path) -> dict[str, tuple[str, str]]:
+    """{sample id: (generated, reference)} of a benchmark part, in the benchmark's order: the
+    reference is the last assistant turn, the one the model was asked for."""
     from medmllm.data.io import read_samples
     from medmllm.jsonl import read_jsonl
 
     predictions = {row["id"]: row.get("prediction") for _, row in read_jsonl(eval_dir / "predictions.jsonl")}
-    pairs = []
+    pairs = {}
     for sample in read_samples(bench):
         answers = [t.text for t in sample.turns if t.role == "assistant"]
         if predictions.get(sample.id) is not None and answers:
-            pairs.append((predictions[sample.id], answers[-1]))
+            pairs[sample.id] = (predictions[sample.id], answers[-1])
     return pairs
+
+
+def predictions_and_references(eval_dir: Path, bench: Path) -> list[tuple[str, str]]:
+    """(generated, reference) report pairs of a benchmark part (`report_pairs` without the ids)."""
+    return list(report_pairs(eval_dir, bench).values())
 
 
 def label_f1(pairs: list[tuple[str, str]]) -> dict:
@@ -104,17 +109,64 @@ def shuffled_label_f1(pairs: list[tuple[str, str]], permutations: int = 1000, se
     ``{"value": the mean shuffled F1, "p": the fraction of shuffles scoring at least the real F1, "n"}``.
     A model that writes the same findings whatever the image (or findings at their base rate) scores
     as well shuffled as not (p near 0.5); one that reads the image scores below its real F1 (p near 0)."""
-    from medmllm.eval.labeler.chexpert import OBSERVATIONS
-    from medmllm.eval.metrics.clinical import CONVENTIONS, SUBSETS, f1_counts, label_matrix, micro_f1
+    from medmllm.eval.metrics.clinical import f1_counts, micro_f1
 
     if len(pairs) < 2:
         return {"value": None, "p": None, "n": len(pairs)}
-    columns = [OBSERVATIONS.index(o) for o in SUBSETS["5"]]  # as `label_f1` counts them: uncertain is positive
-    predicted, reference = (np.isin(label_matrix(texts), CONVENTIONS[""])[:, columns] for texts in zip(*pairs))
+    predicted, reference = label_vectors(pairs)
     real = micro_f1(f1_counts(predicted, reference))
     rng = np.random.default_rng(seed)
     shuffled = np.array([micro_f1(f1_counts(predicted[rng.permutation(len(pairs))], reference)) for _ in range(permutations)])
     return {"value": float(shuffled.mean()), "p": float((shuffled >= real).mean()), "n": len(pairs)}
+
+
+def label_vectors(pairs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 5) bool labels of the generated and of the reference texts over CheXbert's 5
+    observations, counted as `label_f1` counts them (uncertain is positive)."""
+    from medmllm.eval.labeler.chexpert import OBSERVATIONS
+    from medmllm.eval.metrics.clinical import CONVENTIONS, SUBSETS, label_matrix
+
+    columns = [OBSERVATIONS.index(o) for o in SUBSETS["5"]]
+    predicted, reference = (np.isin(label_matrix(list(texts)), CONVENTIONS[""])[:, columns] for texts in zip(*pairs))
+    return predicted, reference
+
+
+def paired_differences(trained: Path, blind: Path, benches: dict[str, Path], blind_benches: dict[str, Path],
+                       resamples: int = 10_000, seed: int = 0) -> dict[str, dict]:
+    """{label: {"difference", "ci95", "p", "n"}} of the `HEADLINE` numbers: the trained model's minus
+    the blind model's (evaluation folders as `headline` reads them) on the same questions and exams,
+    matched by id, by paired bootstrap (`medmllm.eval.stats.paired_bootstrap`: both resampled with
+    the same rows; the label F1 recomputed from each resample's label counts).
+
+    Whether the two models' own 95% intervals overlap (the demo's claim) is a stricter test than
+    needed: the two score the same questions, so their difference varies less than either score.
+    """
+    from medmllm.eval.metrics.base import Score
+    from medmllm.eval.metrics.clinical import f1_counts, f1_from_counts, micro_f1, resampled_f1
+    from medmllm.eval.stats import paired_bootstrap
+    from medmllm.jsonl import read_jsonl
+
+    def accuracies(folder: Path) -> dict[str, float]:
+        return {row["id"]: row["accuracy"] for _, row in read_jsonl(folder / "diagnosis" / "per_sample.jsonl") if row.get("accuracy") is not None}
+
+    def label_score(pairs: list[tuple[str, str]]) -> Score:
+        counts = f1_counts(*label_vectors(pairs))
+        return Score(micro_f1(counts), f1_from_counts(*counts.sum(axis=2), np.nan), resampled_f1(counts, "micro"))
+
+    def compared(blind_values, trained_values, n: int) -> dict:
+        if n < 2:
+            return {"difference": None, "ci95": [None, None], "p": None, "n": n}
+        result = paired_bootstrap(blind_values, trained_values, resamples=resamples, seed=seed)
+        return {"difference": result.difference, "ci95": list(result.ci), "p": result.p_value, "n": result.n}
+
+    seeing, text_only = accuracies(trained), accuracies(blind)
+    ids = [i for i in seeing if i in text_only]
+    out = {ACCURACY: compared(np.array([text_only[i] for i in ids]), np.array([seeing[i] for i in ids]), len(ids))}
+    seeing, text_only = report_pairs(trained / "reports", benches["reports"]), report_pairs(blind / "reports", blind_benches["reports"])
+    ids = [i for i in seeing if i in text_only]
+    scores = [label_score([pairs[i] for i in ids]) for pairs in (text_only, seeing)] if len(ids) >= 2 else [None, None]
+    out[LABEL_F1] = compared(*scores, len(ids))
+    return out
 
 
 def change_terms(text: str) -> np.ndarray:
@@ -220,5 +272,5 @@ def overlap(a: dict, b: dict) -> bool | None:
 
 
 __all__ = ["ACCURACY", "CHANGES", "CHANGE_F1", "DIAGNOSIS_TASKS", "FOLLOW_UP_LABEL_F1", "HEADLINE", "LABEL_F1", "PARTS", "REPORT_TASKS",
-           "always_no_accuracy", "answers_no", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "overlap",
-           "predictions_and_references", "question_kind", "shuffled_label_f1", "strip_images", "yes_no_balanced"]
+           "always_no_accuracy", "answers_no", "change_f1", "change_terms", "first_exams", "follow_up_numbers", "follow_ups", "headline", "impressions", "label_f1", "label_vectors", "overlap",
+           "paired_differences", "predictions_and_references", "question_kind", "report_pairs", "shuffled_label_f1", "strip_images", "yes_no_balanced"]

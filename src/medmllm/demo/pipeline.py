@@ -40,6 +40,7 @@ from medmllm.demo.benchmark import (
     follow_ups,
     headline,
     overlap,
+    paired_differences,
     predictions_and_references,
     shuffled_label_f1,
     strip_images,
@@ -452,6 +453,9 @@ def run_demo(config: DemoConfig) -> dict:
             run_eval(adapter, str(benches[name == "blind"][part]), out / "eval" / name / part, resamples=1000)
         numbers[name] = headline(out / "eval" / name, benches[name == "blind"])
         log(f"{name}: " + "; ".join(f"{k} {described(v)}" for k, v in numbers[name].items()))
+    # the same questions and exams, so their difference is the sharper test (the claim is the intervals apart)
+    paired = paired_differences(out / "eval" / "trained", out / "eval" / "blind", benches[False], benches[True])
+    log("trained - blind on the same questions and exams (paired bootstrap): " + "; ".join(f"{k} {described_difference(v)}" for k, v in paired.items()))
     follow_up = follow_up_numbers(out / "eval" / "trained" / "follow-up", benches[False]["follow-up"])
     # Is a label F1 above the blind model's seeing, or writing findings at their base rate?
     shuffled = {name: shuffled_label_f1(predictions_and_references(out / "eval" / name / "reports", benches[name == "blind"]["reports"]))
@@ -469,6 +473,7 @@ def run_demo(config: DemoConfig) -> dict:
                           "single_exam_stages": list(config.single_exam_stages),
                           "precision": precision},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
+               "trained_minus_blind": paired,
                "follow_up": follow_up, "label_f1_shuffled": shuffled, "always_no_accuracy": always_no_accuracy(benches[False]["diagnosis"]),
                "diagnosis_balance": balance,
                "timings_s": config.timings}
@@ -485,6 +490,14 @@ def described(number: dict) -> str:
     return f"{number['value']:.3f} [{lo}, {hi}] (n={number['n']})"
 
 
+def described_difference(number: dict) -> str:
+    """``+0.147 [+0.089, +0.206] (p 0.0001, n=326)``, or ``n/a``."""
+    if number["difference"] is None:
+        return "n/a"
+    lo, hi = number["ci95"]
+    return f"{number['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (p {number['p']:.4f}, n={number['n']})"
+
+
 def summary_markdown(summary: dict) -> str:
     lines = ["# medmllm demo: held-out MiniRad patients", "",
              "| model | " + " | ".join(HEADLINE) + " |", "|---|" + "---:|" * len(HEADLINE)]
@@ -497,6 +510,9 @@ def summary_markdown(summary: dict) -> str:
         shuffled = summary["label_f1_shuffled"]["trained"]
         if label == LABEL_F1 and c["trained_better"] and shuffled["p"] is not None and shuffled["p"] >= 0.05:  # better, yet not from the image
             ci += f"; but its reports score as well on other exams (shuffled {shuffled['value']:.3f}, p={shuffled['p']:.2f}): not from the image"
+        paired = summary.get("trained_minus_blind", {}).get(label)
+        if paired is not None:
+            ci += f"; trained - blind on the same samples (paired bootstrap) {described_difference(paired)}"
         lines.append(f"- {label}: trained is {verdict}; {ci}.")
     if summary.get("always_no_accuracy") is not None:
         balance = summary.get("diagnosis_balance", "of each finding and modality")
@@ -515,4 +531,4 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "more_questions", "on_datasets", "rebase", "run_demo", "scaled_counts", "stage_datasets", "stage_sizes", "summary_markdown"]
+__all__ = ["DEMO_RECIPE", "DEMO_TASKS", "DemoConfig", "task_family", "token_balanced_counts", "text_length", "benchmark", "described", "described_difference", "more_questions", "on_datasets", "rebase", "run_demo", "scaled_counts", "stage_datasets", "stage_sizes", "summary_markdown"]
