@@ -141,17 +141,12 @@ def paired_differences(trained: Path, blind: Path, benches: dict[str, Path], bli
     Whether the two models' own 95% intervals overlap (the demo's claim) is a stricter test than
     needed: the two score the same questions, so their difference varies less than either score.
     """
-    from medmllm.eval.metrics.base import Score
-    from medmllm.eval.metrics.clinical import f1_counts, f1_from_counts, micro_f1, resampled_f1
+    from medmllm.eval.metrics.clinical import f1_counts, micro_f1_score
     from medmllm.eval.stats import paired_bootstrap
     from medmllm.jsonl import read_jsonl
 
     def accuracies(folder: Path) -> dict[str, float]:
         return {row["id"]: row["accuracy"] for _, row in read_jsonl(folder / "diagnosis" / "per_sample.jsonl") if row.get("accuracy") is not None}
-
-    def label_score(pairs: list[tuple[str, str]]) -> Score:
-        counts = f1_counts(*label_vectors(pairs))
-        return Score(micro_f1(counts), f1_from_counts(*counts.sum(axis=2), np.nan), resampled_f1(counts, "micro"))
 
     def compared(blind_values, trained_values, n: int) -> dict:
         if n < 2:
@@ -164,7 +159,7 @@ def paired_differences(trained: Path, blind: Path, benches: dict[str, Path], bli
     out = {ACCURACY: compared(np.array([text_only[i] for i in ids]), np.array([seeing[i] for i in ids]), len(ids))}
     seeing, text_only = report_pairs(trained / "reports", benches["reports"]), report_pairs(blind / "reports", blind_benches["reports"])
     ids = [i for i in seeing if i in text_only]
-    scores = [label_score([pairs[i] for i in ids]) for pairs in (text_only, seeing)] if len(ids) >= 2 else [None, None]
+    scores = [micro_f1_score(f1_counts(*label_vectors([pairs[i] for i in ids]))) for pairs in (text_only, seeing)] if len(ids) >= 2 else [None, None]
     out[LABEL_F1] = compared(*scores, len(ids))
     return out
 
@@ -178,16 +173,13 @@ def change_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict:
     """Micro F1 of the courses the generated impressions state (unchanged, increased, decreased,
     resolved) against the references', with a bootstrap 95% CI: what only a model that knows the
     prior exam can get right."""
-    from medmllm.eval.metrics.base import Score
-    from medmllm.eval.metrics.clinical import f1_counts, f1_from_counts, micro_f1, resampled_f1
+    from medmllm.eval.metrics.clinical import f1_counts, micro_f1_score
     from medmllm.eval.runner import summarize_score
 
     if len(pairs) < 2:
         return {"value": None, "ci95": [None, None], "n": len(pairs)}
     counts = f1_counts(np.stack([change_terms(p) for p, _ in pairs]), np.stack([change_terms(r) for _, r in pairs]))
-    tp, fp, fn = counts.sum(axis=2)
-    per_sample = f1_from_counts(tp, fp, fn, np.nan)
-    summary = summarize_score(Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro")), resamples)
+    summary = summarize_score(micro_f1_score(counts), resamples)
     return {"value": summary["value"], "ci95": summary["ci95"], "n": len(pairs)}
 
 

@@ -102,6 +102,13 @@ def resampled_f1(counts: np.ndarray, average: str):
     return corpus
 
 
+def micro_f1_score(counts: np.ndarray) -> Score:
+    """(3, N, K) counts -> the micro F1 as a `Score`: per-sample F1 (NaN where a sample has no
+    positive at all) and the corpus F1 of any resample, for bootstrap intervals and paired tests."""
+    tp, fp, fn = counts.sum(axis=2)
+    return Score(micro_f1(counts), f1_from_counts(tp, fp, fn, np.nan), resampled_f1(counts, "micro"))
+
+
 def chexpert_scores(predicted_labels: np.ndarray, reference_labels: np.ndarray) -> dict[str, Score]:
     """All `OUTPUTS` from (N, 14) label matrices (`label_matrix`)."""
     scores = {}
@@ -110,10 +117,9 @@ def chexpert_scores(predicted_labels: np.ndarray, reference_labels: np.ndarray) 
         for subset, observations in SUBSETS.items():
             columns = [OBSERVATIONS.index(o) for o in observations]
             counts = f1_counts(predicted[:, columns], reference[:, columns])
-            tp, fp, fn = counts.sum(axis=2)
-            per_sample = f1_from_counts(tp, fp, fn, np.nan)
-            scores[f"chexpert_micro_f1_{subset}{suffix}"] = Score(micro_f1(counts), per_sample, resampled_f1(counts, "micro"))
-            scores[f"chexpert_macro_f1_{subset}{suffix}"] = Score(macro_f1(counts), per_sample, resampled_f1(counts, "macro"))
+            micro = micro_f1_score(counts)
+            scores[f"chexpert_micro_f1_{subset}{suffix}"] = micro
+            scores[f"chexpert_macro_f1_{subset}{suffix}"] = Score(macro_f1(counts), micro.per_sample, resampled_f1(counts, "macro"))
     return scores
 
 
