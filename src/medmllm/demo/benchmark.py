@@ -142,11 +142,11 @@ def paired_differences(trained: Path, blind: Path, benches: dict[str, Path], bli
     needed: the two score the same questions, so their difference varies less than either score.
     """
     from medmllm.eval.metrics.clinical import f1_counts, micro_f1_score
+    from medmllm.eval.runner import PER_SAMPLE, read_per_sample
     from medmllm.eval.stats import paired_bootstrap
-    from medmllm.jsonl import read_jsonl
 
     def accuracies(folder: Path) -> dict[str, float]:
-        return {row["id"]: row["accuracy"] for _, row in read_jsonl(folder / "diagnosis" / "per_sample.jsonl") if row.get("accuracy") is not None}
+        return {i: m["accuracy"] for i, m in read_per_sample(folder / "diagnosis" / PER_SAMPLE)[0].items() if "accuracy" in m}
 
     def compared(blind_values, trained_values, n: int) -> dict:
         if n < 2:

@@ -301,6 +301,28 @@ def per_sample_rows(results: dict[str, FamilyResult], samples: Sequence[Sample])
     return [rows[s.id] for s in samples if s.id in rows]
 
 
+NOT_METRICS = {"id", "cluster"}  # per-sample keys that are not metrics
+
+
+def read_per_sample(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """({id: {metric: value}}, {id: cluster}) of a per-sample JSONL; non-numbers and nulls are left out."""
+    from medmllm.data.io import read_jsonl
+
+    values: dict[str, dict[str, float]] = {}
+    clusters: dict[str, str] = {}
+    for number, row in read_jsonl(path):
+        if "id" not in row:
+            raise MedMLLMError(f"{path}:{number}: a row needs an \"id\"")
+        sample_id = str(row["id"])
+        if sample_id in values:
+            raise MedMLLMError(f"{path}:{number}: id {sample_id!r} appears twice")
+        values[sample_id] = {k: float(v) for k, v in row.items()
+                             if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if row.get("cluster") is not None:
+            clusters[sample_id] = str(row["cluster"])
+    return values, clusters
+
+
 # ------------------------------------------------------------------------------------------ run
 
 
@@ -391,5 +413,5 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows), encoding="utf-8")
 
 
-__all__ = ["EvalResult", "FamilyResult", "fast_metrics", "metrics_document", "per_sample_rows", "read_predictions", "run_eval",
+__all__ = ["EvalResult", "FamilyResult", "fast_metrics", "metrics_document", "per_sample_rows", "read_per_sample", "read_predictions", "run_eval",
            "sample_facets", "score_predictions"]

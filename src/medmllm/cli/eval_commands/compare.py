@@ -8,8 +8,6 @@ from pathlib import Path
 
 import typer
 
-_NOT_METRICS = {"id", "cluster"}
-
 
 def _per_sample_file(path: Path) -> Path:
     """A run folder of `medmllm eval run` -> its per_sample.jsonl; a file -> itself."""
@@ -20,26 +18,6 @@ def _per_sample_file(path: Path) -> Path:
     if not path.is_file():
         raise MedMLLMError(f"{path}: not found; give a run folder with per_sample.jsonl or a per-sample JSONL file")
     return path
-
-
-def read_per_sample(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """({id: {metric: value}}, {id: cluster}) of a per-sample JSONL; non-numbers and nulls are left out."""
-    from medmllm.data.io import read_jsonl
-    from medmllm.errors import MedMLLMError
-
-    values: dict[str, dict[str, float]] = {}
-    clusters: dict[str, str] = {}
-    for number, row in read_jsonl(path):
-        if "id" not in row:
-            raise MedMLLMError(f"{path}:{number}: a row needs an \"id\"")
-        sample_id = str(row["id"])
-        if sample_id in values:
-            raise MedMLLMError(f"{path}:{number}: id {sample_id!r} appears twice")
-        values[sample_id] = {k: float(v) for k, v in row.items()
-                             if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if row.get("cluster") is not None:
-            clusters[sample_id] = str(row["cluster"])
-    return values, clusters
 
 
 def compare_command(
@@ -57,6 +35,7 @@ def compare_command(
     import numpy as np
 
     from medmllm.errors import MedMLLMError
+    from medmllm.eval.runner import read_per_sample
     from medmllm.eval.stats import paired_bootstrap, permutation_test
 
     if method not in ("bootstrap", "permutation"):
