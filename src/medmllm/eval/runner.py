@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from medmllm.allocator import hold_freed_memory
 from medmllm.data.schema import Sample
 from medmllm.data.templates import canonical_modality
 from medmllm.errors import MedMLLMError, first_line
@@ -359,6 +360,7 @@ def run_eval(
     """
     from medmllm.eval.benchmarks import load_bench
 
+    hold_freed_memory()  # batch after batch of the same large tensors: reuse their pages (medmllm.allocator)
     out = Path(out)
     name, samples = load_bench(bench, limit)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from medmllm.allocator import hold_freed_memory
 from medmllm.errors import MedMLLMError
 from medmllm.train.dataset import LengthGroupedSampler, SampleCollator, SampleDataset
 from medmllm.train.recipe import Recipe, StageArgs
@@ -493,6 +494,7 @@ def save_stage_output(model, processor, out: Path, *, lora: bool, write: bool = 
 def run_recipe(recipe: Recipe, *, stage: str | None = None, resume: bool = False, keep_model: bool = False) -> list[StageResult]:
     """Run every stage in order (or only ``stage``). With ``resume``, finished stages are skipped
     and an unfinished one continues from its last checkpoint; without, stages run afresh."""
+    hold_freed_memory()  # the same large activations every step: reuse their pages (medmllm.allocator)
     names = [recipe.stage(stage).name] if stage else [s.name for s in recipe.stages]
     out = Path(recipe.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
