@@ -251,11 +251,30 @@ def test_dataset_lengths_count_image_tokens_and_sampler_groups(data):
     sampler = LengthGroupedSampler(lengths, group_size=2, seed=0, mega=2)
     order = list(sampler)
     assert sorted(order) == list(range(8)) and lengths[order[0]] == 60
-    groups = [order[i : i + 4] for i in range(0, 8, 4)]  # mega-batches sorted inside
-    assert all([lengths[i] for i in g] == sorted((lengths[i] for i in g), reverse=True) for g in groups)
     assert list(LengthGroupedSampler(lengths, 2, seed=0, mega=2)) == order  # deterministic from the seed
     sampler.set_epoch(1)
     assert sorted(sampler) == list(range(8))
+
+
+def test_length_grouped_sampler_shuffles_its_groups():
+    """Groups are neighbours in length, longest first, then in random order: not a run from the
+    longest samples to the shortest, which is what a mega-batch as large as the dataset gave."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 700, size=61).tolist()
+    descending = sorted(lengths, reverse=True)
+    for seed in range(5):
+        order = list(LengthGroupedSampler(lengths, group_size=4, seed=seed))  # one mega-batch of 50 groups
+        assert sorted(order) == list(range(61))
+        groups = [[lengths[i] for i in order[k : k + 4]] for k in range(0, 61, 4)]
+        assert groups[0][0] == max(lengths)  # the longest group first
+        assert len(groups[-1]) == 1  # the short last group stays last: every other step is whole
+        # each group is a run of the length-sorted samples ...
+        assert sorted(map(tuple, groups[:-1])) == sorted(tuple(descending[k : k + 4]) for k in range(0, 60, 4))
+        # ... but the groups do not come longest to shortest
+        heads = [g[0] for g in groups[1:-1]]
+        assert heads != sorted(heads, reverse=True)
+    assert list(LengthGroupedSampler([], 4)) == []
+    assert list(LengthGroupedSampler([5, 9], 4)) == [1, 0]  # fewer samples than a group: one short group
 
 
 # ------------------------------------------------------------------------------ recipes and CLI

@@ -118,9 +118,14 @@ class LengthGroupedSampler(Sampler[int]):
     """Random order, but each run of ``group_size`` consecutive indices (one optimiser step's worth:
     batch size x accumulation) holds samples of similar length, longest group first.
 
-    Like transformers' sampler, but the lengths include image tokens and each epoch reshuffles
-    deterministically from ``seed`` + epoch (the Trainer calls `set_epoch`). Mega-batches of
-    ``mega`` groups are shuffled, sorted by length inside, then cut into groups.
+    Like transformers' sampler, but the lengths include image tokens, each epoch reshuffles
+    deterministically from ``seed`` + epoch (the Trainer calls `set_epoch`), and the groups are
+    shuffled once cut. Mega-batches of ``mega`` groups are shuffled and sorted by length inside,
+    then cut into groups; transformers' sampler yields each mega-batch's groups longest to
+    shortest, so a dataset of up to ``mega`` groups trained one epoch (the demo's stages) ran from
+    its longest samples to its shortest: the last steps all on the shortest kind of sample (the
+    demo's single yes/no questions, whose "no" is asked of normal exams), and the model ended
+    answering what those taught (docs/demo.md, "Training order").
     """
 
     def __init__(self, lengths: Sequence[int], group_size: int, seed: int = 0, mega: int = 50):
@@ -137,17 +142,21 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
+        if not len(self.lengths):
+            return
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).numpy()
         size = self.group_size * self.mega
-        megabatches = [order[i : i + size] for i in range(0, len(order), size)]
         # Longest first inside each mega-batch, so that groups hold neighbours in length.
-        megabatches = [m[np.argsort(-self.lengths[m], kind="stable")] for m in megabatches]
-        # The longest group of all goes first: an out-of-memory shows at step 1, not hours later.
-        first = int(np.argmax([self.lengths[m[0]] for m in megabatches]))
-        megabatches[0], megabatches[first] = megabatches[first], megabatches[0]
-        for m in megabatches:
-            yield from (int(i) for i in m)
+        order = np.concatenate([m[np.argsort(-self.lengths[m], kind="stable")] for m in np.split(order, range(size, len(order), size))])
+        groups = np.split(order, range(self.group_size, len(order), self.group_size))
+        last = [groups.pop()] if len(groups[-1]) < self.group_size else []  # a short last group stays last
+        groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        if groups:  # the longest full group goes first: an out-of-memory shows at step 1, not hours later
+            first = int(np.argmax([self.lengths[g].max() for g in groups]))
+            groups[0], groups[first] = groups[first], groups[0]
+        for g in groups + last:
+            yield from (int(i) for i in g)
 
 
 def count_image_tokens(n_images: int, num_latents: int) -> int:
