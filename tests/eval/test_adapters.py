@@ -106,3 +106,26 @@ def test_our_adapter_counts_the_prompt_tokens_it_generates_from(bench, tmp_path)
         assert adapter.prompt_length(sample) == batch["input_ids"].shape[1]
         lengths.add(batch["input_ids"].shape[1])
     assert len(lengths) > 3
+
+
+def test_our_adapter_decodes_with_a_static_cache_on_a_cpu(bench, tmp_path):
+    """On a CPU the adapter decodes with a static KV cache (faster there), to the same tokens as
+    the dynamic cache, on a left-padded batch of 2D, 3D and text-only prompts."""
+    from medmllm.eval.adapters import MedMLLMAdapter
+    from tests.conftest import save_tiny_model
+
+    adapter = MedMLLMAdapter(save_tiny_model(tmp_path / "model"), max_new_tokens=12, device="cpu")
+    options = adapter.cache_options()
+    assert options == {"cache_implementation": "static", "disable_compile": True}
+    samples = list(import_samples("medmllm", bench))
+    batch = adapter.processor([question_messages(s) for s in samples], add_generation_prompt=True)
+    assert (batch["attention_mask"] == 0).any()  # left-padded
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+
+    def new_tokens(**cache):  # 12 tokens each, EOS or not: the random tiny model would stop at once
+        return adapter.model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                      pad_token_id=adapter.processor.pad_token_id, **cache)
+
+    static = new_tokens(**options)
+    assert static.shape == (len(samples), 12)
+    assert torch.equal(static, new_tokens())  # transformers' default, the dynamic cache

@@ -137,8 +137,18 @@ class MedMLLMAdapter(Adapter):
 
         with autocast(self.precision, self.device):
             new = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.processor.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                      pad_token_id=self.processor.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      **self.cache_options())
         return [text.strip() for text in self.processor.batch_decode(new)]
+
+    def cache_options(self) -> dict[str, Any]:
+        """A static KV cache on a CPU, where the LLM has one: written in place instead of grown by a
+        concatenation each token, it decoded the demo's follow-up reports ~20% faster with the same
+        tokens (tested; docs/evaluation.md). Not compiled (transformers compiles a static cache's
+        decoding only on accelerators: there the default dynamic cache is kept)."""
+        if self.device.type != "cpu" or not getattr(self.model.language_model, "_can_compile_fullgraph", False):
+            return {}
+        return {"cache_implementation": "static", "disable_compile": True}
 
     def prompt_length(self, sample: Sample) -> int:
         return self.processor.count_tokens(question_messages(sample), add_generation_prompt=True)  # no image is read
