@@ -67,6 +67,37 @@ def test_chatml_multi_round_learns_both_answers_and_no_prompt():
     assert learned_text(processor, out) == "CT<|im_end|>\nno nodule<|im_end|>\n"
 
 
+SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's: its own system message where a conversation has none
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_config_system_prompt_comes_first_where_a_conversation_has_none():
+    def text(processor, sample):
+        return processor.tokenizer.decode(processor(sample)["input_ids"][0], skip_special_tokens=False)
+
+    question = qa("Is there an effusion?", "yes")
+    processor = make_processor(system_prompt="You are a radiologist.")
+    assert text(processor, question) == ("<|im_start|>system\nYou are a radiologist.<|im_end|>\n"
+                                         "<|im_start|>user\nIs there an effusion?<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n")
+    assert learned_text(processor, processor(question)) == "yes<|im_end|>\n"  # nothing learned on it
+    assert processor.count_tokens(question) == processor(question)["input_ids"].shape[1]
+    own = text(processor, [{"role": "system", "content": "Be brief."}, *question])  # a conversation's own is kept
+    assert own.count("<|im_start|>system") == 1 and "Be brief." in own and "radiologist" not in own
+    assert "system" not in text(make_processor(), question)  # None, the default: nothing added
+
+    # "" replaces a template's own default (SmolLM2's, 21 tokens) with an empty system message
+    default, empty = make_processor(), make_processor(system_prompt="")
+    for p in (default, empty):
+        p.tokenizer.chat_template = SMOLLM2_TEMPLATE
+    assert "SmolLM" in text(default, question)
+    assert text(empty, question).startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+    assert "SmolLM" not in text(empty, question) and empty.count_tokens(question) < default.count_tokens(question)
+
+
 def test_p2med_format_without_template():
     processor = make_processor(chat=False)
     sample = [{"role": "system", "content": "Be brief."}, *qa("Modality?", "CT"), *qa("Effusion?", "no")]
@@ -290,12 +321,14 @@ def test_bad_messages_are_errors():
 
 
 def test_save_and_load_give_identical_outputs(tmp_path):
-    processor = make_processor(chat=False, describe_exams=False)
+    processor = make_processor(chat=False, describe_exams=False, system_prompt="Be brief.")
     samples = [qa([image(XRAY, modality="X-ray")], "clear", weight=0.5), qa("CT?", "yes")]
     before = processor(samples)
+    assert processor.decode(before["input_ids"][1]).startswith("Be brief.\nHuman: CT?")
     processor.save_pretrained(tmp_path)
     loaded = MedMLLMProcessor.from_pretrained(tmp_path)
     assert loaded.describe_exams is False and loaded.config.num_latents == NUM_LATENTS
+    assert loaded.config.system_prompt == "Be brief."
     after = loaded(samples)
     assert before.keys() == after.keys()
     for key in before:

@@ -48,6 +48,10 @@ class MedMLLMConfig(PreTrainedConfig):
             LLM sees words it already knows. Set by a ``report-labels`` stage with ``snap_to_words``.
         image_start_token_id / image_end_token_id / image_patch_token_id: ids of the added tokens,
             set when the tokenizer is extended (`medmllm.model.factory`).
+        system_prompt: the system message the processor puts first in a conversation that has
+            none (None = none added: a chat template may write its own default). With SmolLM2's
+            template that default is 21 tokens ("You are a helpful AI assistant named SmolLM,
+            trained by Hugging Face") in every sample; the demo preset's "" writes an empty one (5).
     """
 
     model_type = "medmllm"
@@ -73,6 +77,7 @@ class MedMLLMConfig(PreTrainedConfig):
     image_start_token_id: int | None = None
     image_end_token_id: int | None = None
     image_patch_token_id: int | None = None
+    system_prompt: str | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

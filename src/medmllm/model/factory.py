@@ -55,7 +55,10 @@ PRESETS: dict[str, Preset] = {
         vision_config=dict(patch_size=[4, 16, 16], hidden_size=192, num_layers=4, num_heads=3, max_depth=32, max_size=128),
         config=dict(num_latents=16, perceiver_depth=2, perceiver_heads=4, perceiver_head_dim=48,
                     image_recipe_2d={"intensity": "minmax", "size": [64, 64]},
-                    image_recipe_3d={"intensity": "minmax", "size": [64, 64], "depth": 16}),
+                    image_recipe_3d={"intensity": "minmax", "size": [64, 64], "depth": 16},
+                    # an empty system message instead of SmolLM2's 21-token default in every sample: a
+                    # demo question is ~60 tokens, so that default was a fifth of what stage 2 trained on
+                    system_prompt=""),
     ),
     "small": Preset(
         "SmolLM2-135M-Instruct (or --llm) + vit3d (6 x 384) at 128 x 128 + perceiver (4 layers, 32 latents)",

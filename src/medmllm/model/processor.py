@@ -33,6 +33,8 @@ Conversation text, and what is learned
   its content and the end-of-turn text the template writes after it (ChatML: ``yes<|im_end|>\\n``).
   The template must be prefix-consistent (each rendered prefix a prefix of the full rendering).
   The text is tokenized with ``add_special_tokens=False`` (templates write their own BOS).
+- A conversation without a system message gets ``config.system_prompt`` as its first message
+  when that is set (not None; nothing is learned on it), else a chat template may add its own default.
 - Tokenizer without a chat template: P2Med's format, ``<STOP>`` being the tokenizer's EOS token::
 
       "{system text}\\n"                                    (each system message, in place)
@@ -331,6 +333,9 @@ class MedMLLMProcessor:
                 raise MedMLLMError(f"sample {b}, message {m}: weight must be a number >= 0, got {weight!r}")
             content = self._render_content(message.get("content"), f"sample {b}, message {m}", describe, images)
             messages.append(_Message(role, content, float(weight)))
+        system = getattr(self.config, "system_prompt", None)
+        if system is not None and messages[0].role != "system":  # the model's own (config.system_prompt)
+            messages.insert(0, _Message("system", system, 0.0))
         if add_generation_prompt and messages[-1].role == "assistant":
             raise MedMLLMError(f"sample {b}: add_generation_prompt=True needs a conversation that ends with a user turn")
         if self.has_chat_template:
