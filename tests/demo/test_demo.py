@@ -114,7 +114,7 @@ def test_stage_datasets_hold_what_the_recipes_steps_take(minirad, tmp_path):
     from medmllm.train import load_recipe
 
     sizes = stage_sizes(load_recipe(REPO / "recipes" / "demo.yaml"))
-    assert sizes["task-balanced"] == 45 * 8 and sizes["disease-balanced"] == 30 * 8  # steps x batch size
+    assert sizes["task-balanced"] == 45 * 8 and sizes["disease-balanced"] == 30 * 4  # steps x batch size
     train = list(read_samples(minirad / "train.jsonl"))
     full = stage_datasets(train, tmp_path / "full", seed=0, source=minirad, tasks=DEMO_TASKS, report_share=(0.5, 2.0))
     sizes = {stage: len(list(read_samples(full[stage]))) * 2 // 3 for stage in ("task-balanced", "disease-balanced")}

@@ -20,6 +20,7 @@ Everything lands under one folder (``demo-out/`` by default).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -386,7 +387,8 @@ def run_demo(config: DemoConfig) -> dict:
         # 30% of the patients held out (MiniRad's default is 20%): at n 8000, 326 yes/no questions
         # balanced per kind (`yes_no_balanced`), a 95% interval of about +-0.054 on the diagnosis accuracy
         summary = generate(data, MiniRadConfig(n=config.n, seed=config.seed, xray_size=(64, 64), ct_shape=(16, 64, 64),
-                                               modalities={"X-ray": 0.6, "CT": 0.4}, val=0.15, test=0.15))
+                                               modalities={"X-ray": 0.6, "CT": 0.4}, val=0.15, test=0.15),
+                           workers=min(os.cpu_count() or 1, 8))  # the same files for any number of workers (tested)
         log(f"{summary.samples} samples of {summary.patients} patients ({summary.exams} exams) in {summary.seconds:.1f} s")
     train = list(read_samples(data / "train.jsonl"))
     held_out = list(read_samples(data / "test.jsonl")) + list(read_samples(data / "val.jsonl"))
