@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from results import machine, replace_section  # noqa: E402  (benchmarks/results.py, beside this script)
+from results import machine, publish  # noqa: E402  (benchmarks/results.py, beside this script)
 
 SECTION = "# Allocator benchmark"
 MODES = {"system": "glibc defaults (anchor)", "held": "held (ours)"}
@@ -124,10 +124,7 @@ def main() -> None:
             lines.append(f"| {name} ({row['tokens']}) | {MODES[mode]} | {row['seconds']:.2f} | {row['faults']:,.0f} | {ratio} |")
     lines += ["", f"Peak memory: {anchor['peak_gib']:.2f} GiB with glibc's defaults, {ours['peak_gib']:.2f} GiB held "
               f"({ours['peak_gib'] / anchor['peak_gib'] - 1:+.0%}).", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, SECTION, text)
+    publish(lines, SECTION, args.write)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from results import machine, replace_section  # noqa: E402  (benchmarks/results.py, beside this script)
+from results import machine, publish  # noqa: E402  (benchmarks/results.py, beside this script)
 
 SECTION = "# CPU step benchmark"
 
@@ -144,10 +144,7 @@ def main() -> None:
               f"Adam over the LLM's own weights ({sum(p.numel() for p in weights) / 1e6:.0f}M, embeddings excluded; fp32):", "",
               "| what | median s | vs default |", "|---|---:|---:|"]
     lines += [f"| {name} | {seconds:.3f} | {adam[0][1] / seconds:.2f}x faster |" for name, seconds in adam] + [""]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, SECTION, text)
+    publish(lines, SECTION, args.write)
 
 
 if __name__ == "__main__":

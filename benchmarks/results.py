@@ -31,3 +31,11 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         end = old.find("\n# ", start + len(heading))
         new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new.rstrip("\n") + "\n")
+
+
+def publish(lines: list[str], heading: str, path: Path | None) -> None:
+    """Print a benchmark's report and, when ``path`` is given, replace its section there."""
+    text = "\n".join(lines)
+    print(text)
+    if path:
+        replace_section(path, heading, text)
