@@ -251,6 +251,8 @@ def test_dataset_lengths_count_image_tokens_and_sampler_groups(data):
     sampler = LengthGroupedSampler(lengths, group_size=2, seed=0, mega=2)
     order = list(sampler)
     assert sorted(order) == list(range(8)) and lengths[order[0]] == 60
+    groups = [[lengths[i] for i in order[k : k + 2]] for k in range(0, 8, 2)]  # each step's samples, longest first
+    assert all(g == sorted(g, reverse=True) for g in groups)
     assert list(LengthGroupedSampler(lengths, 2, seed=0, mega=2)) == order  # deterministic from the seed
     sampler.set_epoch(1)
     assert sorted(sampler) == list(range(8))

@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
                     image_recipe_2d={"intensity": "minmax", "size": [64, 64]},
                     image_recipe_3d={"intensity": "minmax", "size": [64, 64], "depth": 16},
                     # an empty system message instead of SmolLM2's 21-token default in every sample: a
-                    # demo question is ~60 tokens, so that default was a fifth of what stage 2 trained on
+                    # third of a ~60-token demo question, a fifth of the tokens stage 2 trained on
                     system_prompt=""),
     ),
     "small": Preset(

@@ -333,9 +333,8 @@ class MedMLLMProcessor:
                 raise MedMLLMError(f"sample {b}, message {m}: weight must be a number >= 0, got {weight!r}")
             content = self._render_content(message.get("content"), f"sample {b}, message {m}", describe, images)
             messages.append(_Message(role, content, float(weight)))
-        system = getattr(self.config, "system_prompt", None)
-        if system is not None and messages[0].role != "system":  # the model's own (config.system_prompt)
-            messages.insert(0, _Message("system", system, 0.0))
+        if self.config.system_prompt is not None and messages[0].role != "system":  # the model's own
+            messages.insert(0, _Message("system", self.config.system_prompt, 0.0))
         if add_generation_prompt and messages[-1].role == "assistant":
             raise MedMLLMError(f"sample {b}: add_generation_prompt=True needs a conversation that ends with a user turn")
         if self.has_chat_template:
