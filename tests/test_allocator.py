@@ -15,8 +15,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # A training step in miniature: tensors of 4-64 MB (glibc maps those over 32 MB afresh), small
-# objects between them, all freed at the end; repeated, and the minor page faults of steps 3-6
-# counted. Run in a fresh process: mallopt cannot be undone.
+# objects between them, all freed at the end; repeated, and the minor page faults of steps 9-12
+# counted. Held, the heap grows over the first ~6 steps (a freed hole is not always where the next
+# tensor fits; measured 16-49k faults in steps 3-6, flaky) and then reuses its pages: 0 faults
+# from step 7 on in 8 of 8 runs. Run in a fresh process: mallopt cannot be undone.
 SCRIPT = """
 import json, resource, sys, torch
 from medmllm.allocator import hold_freed_memory
@@ -27,7 +29,8 @@ def step():
         tensors.append(torch.ones(millions * 1024 * 1024))
         str(len(tensors))
     del tensors
-step(); step()
+for _ in range(8):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
     step()
@@ -48,11 +51,11 @@ def test_held_memory_is_reused_without_page_faults():
     system = faults("system")
     held = faults("hold")
     assert held["held"] and not system["held"]
-    assert system["faults"] > 0.8 * PAGES  # glibc maps fresh pages for the tensors over 32 MB
-    assert held["faults"] < 0.15 * PAGES  # held: the steps reuse the pages of the ones before
+    assert system["faults"] > 0.5 * PAGES  # glibc maps fresh pages for the tensors over 32 MB (0.80-0.94 measured)
+    assert held["faults"] < 0.05 * PAGES  # held and settled: the steps reuse the heap's pages
 
 
 def test_opt_out_leaves_glibc_defaults():
     out = faults("hold", MEDMLLM_HOLD_MEMORY="0")
     assert not out["held"]
-    assert out["faults"] > 0.8 * PAGES
+    assert out["faults"] > 0.5 * PAGES
