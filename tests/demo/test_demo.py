@@ -249,6 +249,26 @@ def test_report_rounds_open_each_question_with_the_report_of_its_own_image(minir
             assert all(len(s.images) == (0 if blind else 1) for s in asked)
 
 
+def test_a_report_asked_of_one_image_says_nothing_of_a_prior_exam(minirad, tmp_path):
+    """The single-exam stage and the report rounds ask a follow-up exam's report of its image alone:
+    its course since the prior exam is left out. The visits' conversations, where the prior exam is
+    before it, keep it, and so does --no-mrc (P2Med's ablation trains on the reports as written)."""
+    train = [s for s in read_samples(minirad / "train.jsonl") if s.task in DEMO_TASKS]
+    assert any("prior exam" in t.text for s in train for t in s.turns)
+
+    def prior(path, one_image: bool) -> int:
+        return sum("prior exam" in t.text for s in read_samples(path) if (len(s.images) == 1) == one_image for t in s.turns)
+
+    paths = stage_datasets(train, tmp_path / "mrc", seed=0, source=minirad, single_exam_stages=("task-balanced",),
+                           report_rounds=("disease-balanced",), report_share=(1.0, 20.0))
+    asked = [s for s in read_samples(paths["disease-balanced"]) if s.task == "radbench/diagnosis-judgement"]
+    assert sum(s.turns[1].text.startswith("[Findings]") for s in asked) > len(asked) // 2  # report rounds are there
+    assert prior(paths["task-balanced"], True) == prior(paths["disease-balanced"], True) == 0
+    assert prior(paths["disease-balanced"], False) > 0  # the visits' conversations
+    no_mrc = stage_datasets(train, tmp_path / "no-mrc", seed=0, source=minirad, mrc=False, report_share=(1.0, 20.0))
+    assert prior(no_mrc["disease-balanced"], True) > 0
+
+
 def test_first_exams_have_no_earlier_report_and_follow_ups_have_them_unless_no_mrc(minirad):
     held_out = list(read_samples(minirad / "test.jsonl")) + list(read_samples(minirad / "val.jsonl"))
     firsts = first_exams(held_out)

@@ -90,3 +90,38 @@ def test_records_name_the_diseases_and_fit_the_finding():
     assert stay["first_disease_course"]["admission_diagnosis"] == "Pneumonia"
     assert stay["attending_ward_round"]["current_diagnosis"] == "Pneumonia"
     assert stay["chief_ward_round"]["current_diagnosis"] == "No acute disease"
+
+
+COURSE_WORDS = ("prior", "previous", "interval", "resol", "unchanged", "stable", "increased", "decreased", "larger", "smaller", "since")
+
+
+@pytest.mark.parametrize("modality", ["X-ray", "CT"])
+def test_single_image_report_leaves_out_the_course_and_keeps_the_findings(modality):
+    """Every chest template on follow-ups (each course, a resolved finding beside it): no word of a
+    course is left, the finding's own sentence and its impression are, and the labeler reads the
+    same finding; a first exam's report comes back as it was."""
+    labeler = pytest.importorskip("medmllm.eval.labeler")
+    for name in CHEST_TYPES:
+        for change in CHANGES:
+            for seed in range(12):
+                rng = random.Random(seed)
+                f, gone = _finding(name, seed), _finding("nodule" if name != "nodule" else "mass", seed + 1)
+                resolved = [gone] if seed % 3 == 0 and change else []
+                findings, impression = rp.report("chest", modality, [(f, change, f if change else None)], resolved, rng, follow_up=change is not None)
+                text = f"[Findings] {findings} \n [Impression] {impression}"
+                alone = rp.single_image_report(text)
+                if change is None and not resolved:
+                    assert alone == text
+                    continue
+                assert not [w for w in COURSE_WORDS if w in alone.lower()], (text, alone)
+                assert findings.split(". ")[0] in alone  # the finding's own sentence comes first
+                assert rp.named(f) in alone.lower().split("[impression]")[1]
+                observation = FINDING_TYPES[name].observation
+                assert labeler.label_report(alone)[observation] == 1, alone
+
+
+def test_single_image_report_of_a_normal_follow_up_says_normal():
+    text = "[Findings] Compared with the prior exam, there is no interval change. The lungs are clear. \n [Impression] Normal chest examination, unchanged compared with the prior exam."
+    assert rp.single_image_report(text) == "[Findings] The lungs are clear. \n [Impression] Normal chest examination."
+    gone = "[Findings] The previously seen right pleural effusion has resolved. The lungs are clear. \n [Impression] Interval resolution of the right pleural effusion."
+    assert rp.single_image_report(gone) == "[Findings] The lungs are clear. \n [Impression] No acute cardiopulmonary abnormality."

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medmllm.data.schema import Sample
+from medmllm.data.schema import Sample, TextPart
 from medmllm.demo.benchmark import (
     DIAGNOSIS_TASKS,
     HEADLINE,
@@ -171,9 +171,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     def single_exams(samples: list[Sample]) -> list[Sample]:
         return [one for s in samples for one in (split_conversation(s) if s.task in REPORT_TASKS else [s])]
 
-    if not mrc:
+    if not mrc:  # P2Med's "w/o MRC": each exam alone with its report as written, comparisons and all
         train = single_exams(train)
-    split = single_exams(train) if single_exam_stages else train
+    split = [single_image(s) for s in single_exams(train)] if single_exam_stages else train
     train_of = {stage: split if stage in single_exam_stages else train for stage in INSTRUCTION_STAGES}
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     sizes = sizes or {}
@@ -210,7 +210,7 @@ def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
     Why: MiniRad asks one question per image, so a stage-2 step of eight questions carries eight
     answer tokens, and in the demo's 90 steps the LLM saw each finding asked a few dozen times.
     Follow-up rounds cost ~20 tokens each, not a second image and prompt (docs/demo.md)."""
-    from medmllm.data.schema import TextPart, Turn
+    from medmllm.data.schema import Turn
     from medmllm.data.templates import get_template
     from medmllm.synth.findings import BRAIN_TYPES, CHEST_TYPES, FINDING_TYPES
 
@@ -237,10 +237,33 @@ def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
 
 
 def exam_reports(samples: list[Sample]) -> dict[str, Sample]:
-    """{exam id: that exam's report as a one-exam sample} of the report samples among ``samples``."""
+    """{exam id: that exam's report as a one-exam sample, as its image alone shows it (`single_image`)}
+    of the report samples among ``samples``."""
     from medmllm.data.conversations import split_conversation
 
-    return {one.images[0].exam: one for s in samples if s.task in REPORT_TASKS for one in split_conversation(s) if one.images}
+    return {one.images[0].exam: single_image(one) for s in samples if s.task in REPORT_TASKS for one in split_conversation(s) if one.images}
+
+
+def single_image(sample: Sample) -> Sample:
+    """A one-exam report sample with its report as the image alone shows it: what it says about the
+    prior exam left out (`medmllm.synth.reports.single_image_report`); any other sample as it is.
+
+    Why: cut from a visit's conversation, a follow-up exam's report ("It has decreased in size
+    compared with the prior exam (previously 38 mm).") is asked of one image with no prior exam
+    before it, and the demo's single-exam stage 2 and report rounds taught the model to compare
+    with a prior exam on first exams too (docs/demo.md, "Course words on first exams")."""
+    from medmllm.synth.reports import single_image_report
+
+    if sample.task not in REPORT_TASKS or len(sample.images) != 1:
+        return sample
+    turns = [t.model_copy(update={"content": [p.model_copy(update={"text": single_image_report(p.text)}) if isinstance(p, TextPart) else p
+                                              for p in t.content]}) if t.role == "assistant" else t for t in sample.turns]
+    targets = dict(sample.targets)
+    if "findings" in targets or "impression" in targets:
+        report = single_image_report(f"[Findings] {targets.get('findings', '')} \n [Impression] {targets.get('impression', '')}")
+        findings, _, impression = report.partition("[Impression]")
+        targets.update(findings=findings.replace("[Findings]", "").strip(), impression=impression.strip())
+    return sample.model_copy(update={"turns": turns, "targets": targets})
 
 
 def with_report_round(sample: Sample, reports: dict[str, Sample]) -> Sample:

@@ -12,6 +12,7 @@ with a present finding. docs/minirad.md lists the templates' shapes.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 from medmllm.synth.findings import FINDING_TYPES, Finding
@@ -152,6 +153,45 @@ def impression(family: str, findings, resolved, rng: random.Random, follow_up: b
         text = rng.choice(_NORMAL_IMPRESSION[family])
         return text[:-1] + ", unchanged compared with the prior exam." if follow_up and rng.random() < 0.5 else text
     return " ".join(parts)
+
+
+# What this module writes about a course since the prior exam: whole sentences in the findings
+# (_CHANGE, _NO_CHANGE, _RESOLVED) and in the impression ("Interval resolution of ..."), clauses of
+# the impression's finding sentences.
+_COURSE_SENTENCE = re.compile(r"(?i)\bprior exam\b|\bresol(?:ved|ution)\b")
+_COURSE_CLAUSE = re.compile(r"(?i),\s*(?:unchanged|(?:increased|decreased) in size)(?: compared with the prior exam)?(?=\.)|^stable\s+")
+
+
+def single_image_report(report: str, family: str = "chest") -> str:
+    """A report of this module ("[Findings] ... [Impression] ...") as its exam's image alone shows it:
+    without what it says about the prior exam. Findings: the course sentences left out ("It has
+    decreased in size compared with the prior exam (previously 38 mm).", "The previously seen ...
+    has resolved."). Impression: "Left upper lobe consolidation, decreased in size compared with the
+    prior exam." -> "Left upper lobe consolidation."; "Stable cardiomegaly." -> "Cardiomegaly.";
+    "Interval resolution of ..." left out (a normal impression of ``family`` when nothing is left).
+    A first exam's report comes back unchanged.
+
+    Why: a follow-up exam's report asked of its image alone (the demo's single-exam stage and report
+    rounds) taught the model to write "compared with the prior exam" where there was none
+    (docs/demo.md, "Course words on first exams")."""
+    findings, marker, impression = report.partition("[Impression]")
+
+    def kept(text: str, clause: bool) -> list[str]:
+        out = []
+        for sentence in re.split(r"(?<=\.)\s+", text.strip()):
+            if clause:
+                sentence = _COURSE_CLAUSE.sub("", sentence)
+                sentence = sentence[:1].upper() + sentence[1:]
+            if sentence and not _COURSE_SENTENCE.search(sentence):
+                out.append(sentence)
+        return out
+
+    head, _, body = findings.partition("[Findings]")
+    findings = head + _ + " " + " ".join(kept(body, clause=False)) + " \n " if _ else findings
+    if not marker:
+        return findings.strip()
+    impression = " ".join(kept(impression, clause=True)) or _NORMAL_IMPRESSION[family][0]
+    return f"{findings}{marker} {impression}"
 
 
 # ---------------------------------------------------------------------------------- questions
