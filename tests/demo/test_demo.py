@@ -260,13 +260,16 @@ def test_a_report_asked_of_one_image_says_nothing_of_a_prior_exam(minirad, tmp_p
         return sum("prior exam" in t.text for s in read_samples(path) if (len(s.images) == 1) == one_image for t in s.turns)
 
     paths = stage_datasets(train, tmp_path / "mrc", seed=0, source=minirad, single_exam_stages=("task-balanced",),
-                           report_rounds=("disease-balanced",), report_share=(1.0, 20.0))
+                           report_rounds=("disease-balanced",), report_share=(20.0, 20.0))
     asked = [s for s in read_samples(paths["disease-balanced"]) if s.task == "radbench/diagnosis-judgement"]
     assert sum(s.turns[1].text.startswith("[Findings]") for s in asked) > len(asked) // 2  # report rounds are there
+    follow_up_alone = [s for s in read_samples(paths["task-balanced"]) if s.task in REPORT_TASKS and not s.id.split("/")[1].endswith("-e1")]
+    assert follow_up_alone and all(len(s.images) == 1 for s in follow_up_alone)  # stage 2 asks follow-ups alone
     assert prior(paths["task-balanced"], True) == prior(paths["disease-balanced"], True) == 0
     assert prior(paths["disease-balanced"], False) > 0  # the visits' conversations
-    no_mrc = stage_datasets(train, tmp_path / "no-mrc", seed=0, source=minirad, mrc=False, report_share=(1.0, 20.0))
-    assert prior(no_mrc["disease-balanced"], True) > 0
+    no_mrc = stage_datasets(train, tmp_path / "no-mrc", seed=0, source=minirad, mrc=False, single_exam_stages=("task-balanced",),
+                            report_share=(20.0, 20.0))
+    assert prior(no_mrc["task-balanced"], True) > 0 and prior(no_mrc["disease-balanced"], True) > 0
 
 
 def test_first_exams_have_no_earlier_report_and_follow_ups_have_them_unless_no_mrc(minirad):

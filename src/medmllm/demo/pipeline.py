@@ -79,7 +79,8 @@ class DemoConfig:
     # the instruction stages whose report conversations are split into their exams (`stage_datasets`):
     # stage 2 (lr 1e-4, where the LLM learns most) then learns each report from its own image alone and
     # the first-exam reports followed the image in more runs; stage 3 keeps the visits' conversations,
-    # for the follow-up exams (docs/demo.md, "Stage 2 on single exams"); --single-exam-stages none: ()
+    # for the follow-up exams (docs/demo.md, "Stage 2 on single exams"); --single-exam-stages none: ().
+    # A follow-up's report alone is said as its image shows it, without its course (`single_image`)
     single_exam_stages: tuple[str, ...] = ("task-balanced",)
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
@@ -173,7 +174,8 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
 
     if not mrc:  # P2Med's "w/o MRC": each exam alone with its report as written, comparisons and all
         train = single_exams(train)
-    split = [single_image(s) for s in single_exams(train)] if single_exam_stages else train
+    # a single-exam stage asks each exam's report of its image alone: said as that image shows it (with MRC)
+    split = ([single_image(s) for s in single_exams(train)] if mrc else train) if single_exam_stages else train
     train_of = {stage: split if stage in single_exam_stages else train for stage in INSTRUCTION_STAGES}
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     sizes = sizes or {}
