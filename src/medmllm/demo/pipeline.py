@@ -174,8 +174,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
 
     if not mrc:  # P2Med's "w/o MRC": each exam alone with its report as written, comparisons and all
         train = single_exams(train)
-    # a single-exam stage asks each exam's report of its image alone: said as that image shows it (with MRC)
-    split = ([single_image(s) for s in single_exams(train)] if mrc else train) if single_exam_stages else train
+    split = single_exams(train) if single_exam_stages else train
+    if mrc and single_exam_stages:  # each exam's report asked of its image alone: said as that image shows it
+        split = [single_image(s) for s in split]
     train_of = {stage: split if stage in single_exam_stages else train for stage in INSTRUCTION_STAGES}
     knowledge = [s for s in train if s.task in REPORT_TASKS or s.task == "radbench/report"]
     sizes = sizes or {}
@@ -254,7 +255,7 @@ def single_image(sample: Sample) -> Sample:
     compared with the prior exam (previously 38 mm).") is asked of one image with no prior exam
     before it, and the demo's single-exam stage 2 and report rounds taught the model to compare
     with a prior exam on first exams too (docs/demo.md, "Course words on first exams")."""
-    from medmllm.synth.reports import single_image_report
+    from medmllm.synth.reports import single_image_report, single_image_sections
 
     if sample.task not in REPORT_TASKS or len(sample.images) != 1:
         return sample
@@ -262,9 +263,7 @@ def single_image(sample: Sample) -> Sample:
                                               for p in t.content]}) if t.role == "assistant" else t for t in sample.turns]
     targets = dict(sample.targets)
     if "findings" in targets or "impression" in targets:
-        report = single_image_report(f"[Findings] {targets.get('findings', '')} \n [Impression] {targets.get('impression', '')}")
-        findings, _, impression = report.partition("[Impression]")
-        targets.update(findings=findings.replace("[Findings]", "").strip(), impression=impression.strip())
+        targets.update(zip(("findings", "impression"), single_image_sections(targets.get("findings", ""), targets.get("impression", ""))))
     return sample.model_copy(update={"turns": turns, "targets": targets})
 
 

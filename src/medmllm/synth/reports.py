@@ -162,21 +162,20 @@ _COURSE_SENTENCE = re.compile(r"(?i)\bprior exam\b|\bresol(?:ved|ution)\b")
 _COURSE_CLAUSE = re.compile(r"(?i),\s*(?:unchanged|(?:increased|decreased) in size)(?: compared with the prior exam)?(?=\.)|^stable\s+")
 
 
-def single_image_report(report: str, family: str = "chest") -> str:
-    """A report of this module ("[Findings] ... [Impression] ...") as its exam's image alone shows it:
-    without what it says about the prior exam. Findings: the course sentences left out ("It has
-    decreased in size compared with the prior exam (previously 38 mm).", "The previously seen ...
-    has resolved."). Impression: "Left upper lobe consolidation, decreased in size compared with the
-    prior exam." -> "Left upper lobe consolidation."; "Stable cardiomegaly." -> "Cardiomegaly.";
-    "Interval resolution of ..." left out (a normal impression of ``family`` when nothing is left).
-    A first exam's report comes back unchanged.
+def single_image_sections(findings: str, impression: str, family: str = "chest") -> tuple[str, str]:
+    """(findings, impression) of this module as their exam's image alone shows them: without what
+    they say about the prior exam. Findings: the course sentences left out ("It has decreased in
+    size compared with the prior exam (previously 38 mm).", "The previously seen ... has resolved.").
+    Impression: "Left upper lobe consolidation, decreased in size compared with the prior exam." ->
+    "Left upper lobe consolidation."; "Stable cardiomegaly." -> "Cardiomegaly."; "Interval
+    resolution of ..." left out (a normal impression of ``family`` when nothing is left). A first
+    exam's sections come back unchanged.
 
     Why: a follow-up exam's report asked of its image alone (the demo's single-exam stage and report
     rounds) taught the model to write "compared with the prior exam" where there was none
     (docs/demo.md, "Course words on first exams")."""
-    findings, marker, impression = report.partition("[Impression]")
 
-    def kept(text: str, clause: bool) -> list[str]:
+    def kept(text: str, clause: bool) -> str:
         out = []
         for sentence in re.split(r"(?<=\.)\s+", text.strip()):
             if clause:
@@ -184,14 +183,20 @@ def single_image_report(report: str, family: str = "chest") -> str:
                 sentence = sentence[:1].upper() + sentence[1:]
             if sentence and not _COURSE_SENTENCE.search(sentence):
                 out.append(sentence)
-        return out
+        return " ".join(out)
 
-    head, _, body = findings.partition("[Findings]")
-    findings = head + _ + " " + " ".join(kept(body, clause=False)) + " \n " if _ else findings
-    if not marker:
-        return findings.strip()
-    impression = " ".join(kept(impression, clause=True)) or _NORMAL_IMPRESSION[family][0]
-    return f"{findings}{marker} {impression}"
+    return kept(findings, clause=False), kept(impression, clause=True) or _NORMAL_IMPRESSION[family][0]
+
+
+def single_image_report(report: str, family: str = "chest") -> str:
+    """`single_image_sections` of a report's text ("[Findings] ... \n [Impression] ...", as
+    `medmllm.data.templates.format_sections` writes MiniRad's); a text without both sections as it is."""
+    from medmllm.data.templates import FINDINGS, IMPRESSION, format_sections, parse_report
+
+    sections = parse_report(report)
+    if not (sections["findings"] and sections["impression"]):
+        return report
+    return format_sections(zip((FINDINGS, IMPRESSION), single_image_sections(sections["findings"], sections["impression"], family)))
 
 
 # ---------------------------------------------------------------------------------- questions
