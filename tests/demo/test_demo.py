@@ -352,8 +352,21 @@ def test_demo_pipeline_on_the_tiny_preset(tmp_path):
                    {"name": "task-balanced", "data": {"train": "t.jsonl"}, "lora": {"r": 2, "alpha": 4, "dropout": 0.0}, **stage},
                    {"name": "disease-balanced", "data": {"train": "d.jsonl"}, **stage, "train": {"llm": True}}]}))  # the LLM's own weights
     lines: list[str] = []
-    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": 12, "reports": 12, "follow-up": 6}, max_new_tokens=8, log=lines.append))
+    summary = run_demo(DemoConfig(out=tmp_path / "out", n=200, seed=1, recipe=recipe, eval_limits={"diagnosis": None, "reports": 12, "follow-up": 6}, benchmark_draw=0.1, max_new_tokens=8, log=lines.append))
     out = tmp_path / "out"
+    # The benchmark-only draw: other patients than the first draw's, all held out, their questions asked
+    # too, every image of every benchmark part found from where its JSONL lies.
+    first = {s.patient_id for s in read_samples(out / "minirad" / "samples.jsonl")}
+    more = {s.patient_id for s in read_samples(out / "minirad-benchmark" / "test.jsonl")}
+    assert more and not more & first and not (out / "minirad-benchmark" / "train.jsonl").read_text()
+    asked_ids = {s.patient_id for s in read_samples(out / "data" / "benchmark" / "diagnosis.jsonl")}
+    assert asked_ids & more and asked_ids & first
+    for part in ("diagnosis", "reports", "follow-up"):
+        bench = out / "data" / "benchmark" / f"{part}.jsonl"
+        assert all((bench.parent / ref.path).is_file() for s in read_samples(bench) for ref in s.images)
+    from_first = [s.patient_id in first for s in read_samples(out / "data" / "benchmark" / "reports.jsonl")]
+    assert from_first[0] and from_first == sorted(from_first, reverse=True)  # the first draw's exams first (the limits take those)
+    assert summary["config"]["benchmark_draw"] == 0.1 and any(line.startswith("benchmark only: 20 samples") for line in lines)
     assert set(summary["numbers"]) == {"trained", "untrained", "blind"}
     for name in ("trained", "untrained", "blind"):
         for part in ("diagnosis", "reports"):
@@ -407,6 +420,7 @@ def test_demo_cli_asks_as_many_question_rounds_as_the_config():
     from medmllm.cli.demo import demo, stage_names
 
     assert inspect.signature(demo).parameters["question_rounds"].default.default == DemoConfig.question_rounds == 4
+    assert inspect.signature(demo).parameters["benchmark_draw"].default.default == DemoConfig.benchmark_draw
     assert inspect.signature(demo).parameters["report_rounds"].default.default is True and DemoConfig.report_rounds == ("disease-balanced",)
     single = inspect.signature(demo).parameters["single_exam_stages"].default.default
     assert stage_names(single) == DemoConfig.single_exam_stages == ("task-balanced",)

@@ -79,6 +79,33 @@ def test_output_does_not_depend_on_workers(tmp_path):
     assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
 
 
+def test_a_draw_from_a_later_patient_is_all_held_out_and_shares_no_patient(dataset, tmp_path):
+    """The demo's benchmark-only draw: --val 0 --test 1 from patient 1,000,000. Its first patient is the
+    same one a draw from 0 would make at that index (a patient depends only on seed and index), and no
+    patient is also in the draw from 0."""
+    from medmllm.synth.minirad import patient_id
+
+    later = tmp_path / "later"
+    generate(later, MiniRadConfig(n=60, seed=0, dicom=True, val=0.0, test=1.0, first_patient=1_000_000))
+    samples = list(read_samples(later / "samples.jsonl"))
+    assert len(samples) == 60 and all(s.split == "test" for s in samples)
+    assert [s.patient_id for s in read_samples(later / "test.jsonl")] == [s.patient_id for s in samples]
+    assert not (later / "train.jsonl").read_text() and not (later / "val.jsonl").read_text()
+    ids = {s.patient_id for s in samples}
+    assert samples[0].patient_id == patient_id(0, 1_000_000)
+    assert {p.name for p in (later / "images").iterdir()} == ids  # the patients generated ahead of need are removed
+    assert not ids & {s.patient_id for s in read_samples(dataset / "samples.jsonl")}
+    # patient 3 from index 3 is patient 3 of the draw from 0, byte for byte
+    generate(tmp_path / "from3", MiniRadConfig(n=5, seed=0, dicom=True, first_patient=3))
+    first = next(read_samples(tmp_path / "from3" / "samples.jsonl"))
+    assert first.patient_id == patient_id(0, 3)
+    assert first in [s for s in read_samples(dataset / "samples.jsonl") if s.patient_id == first.patient_id]
+    with pytest.raises(MedMLLMError, match="sum to at most 1"):
+        MiniRadConfig(val=0.5, test=0.6).check()
+    with pytest.raises(MedMLLMError, match="first-patient"):
+        MiniRadConfig(first_patient=-1).check()
+
+
 def test_exams_are_in_date_order_and_change_between_them(dataset):
     by_patient: dict[str, list[dict]] = {}
     for row in _truth(dataset):

@@ -31,6 +31,8 @@ def demo(
                                        help="Open each yes/no question of stage 3 with the report of its image (first-exam reports that follow the image; slower)."),
     single_exam_stages: str = typer.Option("task-balanced", "--single-exam-stages", metavar="<stages>",
                                            help="Comma-separated instruction stages (task-balanced, disease-balanced) whose report conversations are split into their exams; 'none': keep every visit's conversation."),
+    benchmark_draw: float = typer.Option(1 / 3, "--benchmark-draw", min=0.0, max=10.0, metavar="<share>",
+                                         help="A second MiniRad draw of this share of --n samples, all held out, for more benchmark questions (training unchanged); 0: none."),
     recipe: Path = typer.Option(None, "--recipe", help="Training recipe (default recipes/demo.yaml); its stage data paths are replaced."),
     scans_only: bool = typer.Option(False, "--scans-only", help="Only the tour of the scans stage."),
 ) -> None:
@@ -43,7 +45,7 @@ def demo(
 
     summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo, question_rounds=question_rounds,
                                   report_rounds=DemoConfig.report_rounds if report_rounds else (),
-                                  single_exam_stages=single_exam,
+                                  single_exam_stages=single_exam, benchmark_draw=benchmark_draw,
                                   **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")

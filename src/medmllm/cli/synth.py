@@ -56,7 +56,8 @@ def minirad(
     mri_shape: str = typer.Option("32x64x64", "--mri-shape", help="MRI volume size DxHxW."),
     modalities: str = typer.Option("X-ray=0.45,CT=0.35,MRI=0.2", "--modalities", help="Share of patients per modality."),
     val: float = typer.Option(0.1, "--val", help="Fraction of patients in the val split."),
-    test: float = typer.Option(0.1, "--test", help="Fraction of patients in the test split."),
+    test: float = typer.Option(0.1, "--test", help="Fraction of patients in the test split (--val 0 --test 1: all held out)."),
+    first_patient: int = typer.Option(0, "--first-patient", help="Index of the first patient: a draw from a later index shares no patient with one that stopped before it."),
     base_mri: Path = typer.Option(None, "--base-mri", help="A real T1 brain MRI (NIfTI, e.g. ../shared/data/scans/brain_t1_mri.nii.gz) as the base of brain exams."),
     force: bool = typer.Option(False, "--force", help="Replace MiniRad's files in a non-empty OUT."),
 ) -> None:
@@ -66,7 +67,7 @@ def minirad(
 
     config = MiniRadConfig(
         n=n, seed=seed, xray_size=_sizes(xray_size, 2, "--xray-size"), ct_shape=_sizes(ct_shape, 3, "--ct-shape"),
-        mri_shape=_sizes(mri_shape, 3, "--mri-shape"), modalities=_weights(modalities), mrc=mrc, dicom=dicom, val=val, test=test,
+        mri_shape=_sizes(mri_shape, 3, "--mri-shape"), modalities=_weights(modalities), mrc=mrc, dicom=dicom, val=val, test=test, first_patient=first_patient,
         base_mri=str(base_mri) if base_mri is not None else None,
     )
     summary = generate(out, config, workers=workers, force=force)

@@ -61,15 +61,20 @@ class MiniRadConfig:
     mrc: bool = True  # the reports of a visit as one multi-round conversation
     dicom: bool = False  # the first CT exam of each CT patient as a DICOM series instead of NIfTI
     val: float = 0.1  # fraction of patients in the validation split
-    test: float = 0.1
+    test: float = 0.1  # (val + test = 1: a draw all held out, e.g. a benchmark beside another draw's train split)
+    # The index of the first patient (a patient depends only on seed and index): a draw from a later
+    # index shares no patient with one that stopped before it (the demo's benchmark-only draw)
+    first_patient: int = 0
     p_normal: float = 0.3  # probability that a patient has no finding
     base_mri: str | None = None  # a real T1 brain MRI (e.g. brain_t1_mri.nii.gz) used as the base of brain exams
 
     def check(self) -> None:
         if self.n < 1:
             raise MedMLLMError(f"--n must be at least 1, got {self.n}")
-        if not (self.val >= 0 and self.test >= 0 and self.val + self.test < 1):
-            raise MedMLLMError(f"val ({self.val}) and test ({self.test}) fractions must be >= 0 and sum to less than 1")
+        if not (self.val >= 0 and self.test >= 0 and self.val + self.test <= 1):
+            raise MedMLLMError(f"val ({self.val}) and test ({self.test}) fractions must be >= 0 and sum to at most 1")
+        if self.first_patient < 0:
+            raise MedMLLMError(f"--first-patient must be at least 0, got {self.first_patient}")
         if min(self.xray_size) < 16 or min(self.ct_shape) < 8 or min(self.mri_shape) < 8:
             raise MedMLLMError("image sizes too small: radiographs need at least 16 x 16, volumes 8 x 8 x 8")
         if max(self.xray_size) > 2048 or max(self.ct_shape + self.mri_shape) > 512:
@@ -368,16 +373,16 @@ def _record_samples(exams: list[_Exam], modality: str, family: str, inpatient: b
 
 
 def _patients(config: MiniRadConfig, out: Path, workers: int) -> Iterator[PatientOutput]:
-    """Patients 0, 1, 2 ... in order, generated ``workers`` at a time (batches of a few per worker)."""
+    """Patients ``first_patient``, +1, +2 ... in order, generated ``workers`` at a time (batches of a few per worker)."""
     if workers <= 1:
-        index = 0
+        index = config.first_patient
         while True:
             yield make_patient(config, out, index)
             index += 1
     import multiprocessing
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        index, batch = 0, 4 * workers
+        index, batch = config.first_patient, 4 * workers
         while True:
             futures = [pool.submit(make_patient, config, out, i) for i in range(index, index + batch)]
             index += batch
@@ -435,7 +440,7 @@ def generate(out: str | Path, config: MiniRadConfig, *, workers: int = 1, force:
             if written >= config.n:
                 break
     # patients generated ahead of need (by the workers) are removed
-    kept = {patient_id(config.seed, i) for i in range(patients)}
+    kept = {patient_id(config.seed, i) for i in range(config.first_patient, config.first_patient + patients)}
     for folder in (out / "images").iterdir():
         if folder.name not in kept:
             shutil.rmtree(folder)
