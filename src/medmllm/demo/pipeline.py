@@ -425,14 +425,15 @@ def run_demo(config: DemoConfig) -> dict:
         # +-0.043 on the diagnosis accuracy (+-0.054 at the first draw's 326 alone)
         summary = generate(data, minirad, workers=workers)
         log(f"{summary.samples} samples of {summary.patients} patients ({summary.exams} exams) in {summary.seconds:.1f} s")
-    more = out / "minirad-benchmark"
-    if config.benchmark_draw > 0 and not (more / "truth.jsonl").exists():
-        summary = generate(more, replace(minirad, n=max(1, round(config.n * config.benchmark_draw)), val=0.0, test=1.0,
-                                         first_patient=BENCHMARK_PATIENT), workers=workers)
-        log(f"benchmark only: {summary.samples} samples of {summary.patients} more patients in {summary.seconds:.1f} s -> {more}")
     train = list(read_samples(data / "train.jsonl"))
     held_out = list(read_samples(data / "test.jsonl")) + list(read_samples(data / "val.jsonl"))
-    if config.benchmark_draw > 0:  # after the first draw's: its reports and follow-ups come first (the limits take those)
+    if config.benchmark_draw > 0:
+        more = out / "minirad-benchmark"
+        if not (more / "truth.jsonl").exists():
+            summary = generate(more, replace(minirad, n=max(1, round(config.n * config.benchmark_draw)), val=0.0, test=1.0,
+                                             first_patient=BENCHMARK_PATIENT), workers=workers)
+            log(f"benchmark only: {summary.samples} samples of {summary.patients} more patients in {summary.seconds:.1f} s -> {more}")
+        # after the first draw's: its reports and follow-ups come first (the limits take those)
         held_out += rebase(list(read_samples(more / "test.jsonl")), more, data)
     done()
 
