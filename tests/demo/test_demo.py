@@ -5,6 +5,7 @@ with CIs -> summary. The real demo (SmolLM2, minutes) is `make demo`; this prove
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -141,15 +142,18 @@ def test_yes_no_balanced_asks_as_many_no_as_yes_of_each_kind_in_their_order(mini
     assert 0 < sum(not answers_no(s) for s in questions) < len(questions) / 2  # MiniRad asks more "no"
     asked = Counter((question_kind(s), answers_no(s)) for s in questions)
     kinds = {kind for kind, _ in asked}
-    assert len(kinds) > 3 and all(kind[0] and kind[1] for kind in kinds)  # (modality, finding) from MiniRad's labels
+    assert len(kinds) > 3 and all(all(kind) and "{disease}" in kind[2] for kind in kinds)  # (modality, finding, wording) from MiniRad's labels
+    assert len({kind[2] for kind in kinds}) > 1 and len({kind[:2] for kind in kinds}) < len(kinds)  # several wordings of a finding
     kept = yes_no_balanced(questions)
     got = Counter((question_kind(s), answers_no(s)) for s in kept)
     for kind in kinds:  # per kind, as many of each answer as the rarer one has
         assert got[kind, True] == got[kind, False] == min(asked[kind, True], asked[kind, False])
     order = [s.id for s in questions]
     assert [s.id for s in kept] == sorted((s.id for s in kept), key=order.index)
-    # any answer rule that reads only the question text scores 0.5
-    for rule in (lambda s: "no", lambda s: "yes" if hash(question_kind(s)) % 2 else "no"):
+    # any answer rule that reads only the question text scores 0.5, one that learnt each wording's answer too
+    text = lambda s: " ".join(p.text for t in s.turns if t.role == "user" for p in t.content if getattr(p, "text", None))  # noqa: E731
+    for rule in (lambda s: "no", lambda s: "yes" if zlib.crc32(text(s).encode()) % 2 else "no",
+                 lambda s: "yes" if zlib.crc32(question_kind(s)[2].encode()) % 3 else "no"):
         assert sum((rule(s) == "no") == answers_no(s) for s in kept) == len(kept) / 2
     few = yes_no_balanced(questions, limit=10)
     assert len(few) == 10 and sum(map(answers_no, few)) == 5 and len({question_kind(s) for s in few}) == 5  # kinds in turn

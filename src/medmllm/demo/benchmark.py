@@ -5,8 +5,8 @@ numbers that decide whether training taught the model to see.
 part           the samples                                                scored by
 =============  =========================================================  ===========================
 diagnosis      RadBench diagnosis judgements ("Does the patient have      accuracy (the eval harness):
-               X?"), as many "no" as "yes" of each modality and finding   0.5 for any answer rule
-               (`yes_no_balanced`), 4 new tokens                          that ignores the image
+               X?"), as many "no" as "yes" of each modality, finding and  0.5 for any answer rule
+               wording (`yes_no_balanced`), 4 new tokens                  that ignores the image
 reports        the first exam of each held-out visit: one image, no       `label_f1` of the report
                earlier report in the conversation (`first_exams`)
 follow-up      the last exam of each visit with 2-3 exams: with its       `follow_up_numbers`: label
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from medmllm.data.conversations import split_conversation
-from medmllm.data.schema import ImagePart, Sample
+from medmllm.data.schema import ImagePart, Sample, TextPart
 
 DIAGNOSIS_TASKS = ("radbench/diagnosis-judgement",)
 REPORT_TASKS = ("p2med/report-xray", "p2med/report-ct")
@@ -198,10 +198,19 @@ def answers_no(sample: Sample) -> bool:
     return str(sample.targets.get("answer", "")).strip().lower() == "no"
 
 
-def question_kind(sample: Sample) -> tuple[str, str]:
+def question_kind(sample: Sample) -> tuple[str, str, str]:
     """What a yes/no question asks, as far as a model that does not see the image can tell: (the
-    modality, the finding asked about), from MiniRad's labels ("" where a sample lacks them)."""
-    return str(sample.labels.get("modality", "")), str(sample.labels.get("asked", ""))
+    modality, the finding asked about, the question's wording with the finding as "{disease}"),
+    from MiniRad's labels ("" where a sample lacks them).
+
+    Why the wording: MiniRad draws it independently of the answer, but a benchmark of ~500 draws
+    some wordings more often with "yes" for some finding, and a model can learn a wording's
+    answer from its training questions. Balanced per modality and finding alone, the blind model
+    scored 0.77 on the radiographs' atelectasis questions at MiniRad seed 3 (13 "yes" and 4 "no"
+    asked "Does the ... atelectasis?") and 0.521 overall."""
+    asked = str(sample.labels.get("asked", ""))
+    text = " ".join(part.text for turn in sample.turns if turn.role == "user" for part in turn.content if isinstance(part, TextPart)).strip()
+    return str(sample.labels.get("modality", "")), asked, text.replace(asked, "{disease}") if asked else ""
 
 
 def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int = 0, kind_of=question_kind) -> list[Sample]:
@@ -209,15 +218,15 @@ def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int
     in all, pairs taken from every kind in turn), in their order. MiniRad asks every normal exam a
     "no" question, two answers in three are "no", and on such a set a model that always says "no"
     scores 0.66; balanced overall but not per kind, a text-only model could still score above 0.5
-    from how often each finding is present. Balanced per kind, every answer rule that does not look
-    at the image scores 0.5, and only a model that tells the findings apart scores above it (POPE
+    from how often each finding is present, or each wording answered "yes". Balanced per kind,
+    every answer rule that does not look at the image (it reads the question's words) scores 0.5, and only a model that tells the findings apart scores above it (POPE
     balances its yes/no questions the same way; the training questions are balanced overall,
     `stage_datasets`). ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
     from collections import defaultdict
 
     from medmllm.data.curate.balance import balance_normal
 
-    kinds: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    kinds: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
     for sample in questions:
         kinds[kind_of(sample)].append(sample)
     pairs = []  # per kind, its (yes, no) pairs

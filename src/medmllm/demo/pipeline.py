@@ -478,10 +478,10 @@ def run_demo(config: DemoConfig) -> dict:
     from medmllm.eval.runner import run_eval
 
     questions = [s for s in held_out if s.task in PARTS["diagnosis"][0]]
-    asked, balance = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed), "of each finding and modality"
+    asked, balance = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed), "of each finding, modality and wording"
     if len(asked) < 2:  # a small --n: too few questions of any one finding
         asked, balance = yes_no_balanced(questions, config.eval_limits.get("diagnosis"), seed=config.seed, kind_of=lambda s: ()), "overall"
-        log(f"{len(questions)} held-out yes/no questions are too few to balance per finding and modality: balanced overall")
+        log(f"{len(questions)} held-out yes/no questions are too few to balance per finding, modality and wording: balanced overall")
     parts = {"diagnosis": asked, "reports": first_exams(held_out),
              "follow-up": follow_ups(held_out, mrc=config.mrc)}
     benches = {blind_view: {part: benchmark(samples, out / "data" / f"benchmark{'-blind' if blind_view else ''}" / f"{part}.jsonl", data,
