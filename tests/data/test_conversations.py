@@ -69,6 +69,12 @@ def test_split_conversation_inverts_multi_round():
     assert [len(s.images) for s in with_context] == [1, 2, 4]
     assert with_context[-1].turns == merged.turns and with_context[-1].images == merged.images
     assert with_context[1].meta["context_rounds"] == 1 and with_context[1].targets == originals[2].targets
+    # Only the round just before: round 3 with round 2 (its images renumbered from 0), round 1 alone.
+    one_before = split_conversation(merged, context=1)
+    assert [len(s.turns) for s in one_before] == [2, 4, 4] and [len(s.images) for s in one_before] == [1, 2, 3]
+    assert [t.text for t in one_before[2].turns] == [t.text for t in merged.turns[2:]] and one_before[2].images == merged.images[1:]
+    assert [s.meta.get("context_rounds") for s in one_before] == [None, 1, 1] and one_before[:2] == with_context[:2]
+    assert split_conversation(merged, context=0) == split_conversation(merged)
     # A one-round sample is its own split.
     assert split_conversation(originals[0]) == [originals[0]]
 

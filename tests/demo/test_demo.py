@@ -253,6 +253,35 @@ def test_report_rounds_open_each_question_with_the_report_of_its_own_image(minir
             assert all(len(s.images) == (0 if blind else 1) for s in asked)
 
 
+def test_course_rounds_put_a_follow_up_report_after_its_prior_exam_with_its_course(minirad, tmp_path):
+    """--course-rounds: a follow-up exam's report round comes after the round of the exam before it,
+    and keeps what it says about that exam; a first exam's report round is as without it."""
+    from medmllm.demo.benchmark import change_terms
+
+    train = [s for s in read_samples(minirad / "train.jsonl") if s.task in DEMO_TASKS]
+    alone, after_prior = exam_reports(train), exam_reports(train, prior=True)
+    assert alone.keys() == after_prior.keys()
+    follow_ups = [exam for exam, r in after_prior.items() if len(r.images) == 2]
+    assert follow_ups and all(len(r.images) == 1 for r in alone.values())
+    for exam in after_prior:
+        prior, alone_report = after_prior[exam], alone[exam]
+        if exam not in follow_ups:
+            assert prior == alone_report  # a first exam: nothing before it
+            continue
+        assert prior.images[-1].exam == exam and prior.images[0].exam != exam and len(prior.turns) == 4
+        assert prior.turns[3].text != alone_report.turns[1].text or not change_terms(prior.turns[3].text).any()  # its course, kept
+    assert sum(change_terms(after_prior[e].turns[3].text).any() for e in follow_ups) > len(follow_ups) // 2
+    assert not any(change_terms(r.turns[1].text).any() for r in alone.values())
+    question = next(s for s in train if s.task == "radbench/diagnosis-judgement" and s.images[0].exam in follow_ups)
+    opened = with_report_round(question, after_prior)
+    assert opened.images[-1].path == question.images[0].path and len(opened.images) == 2  # the prior exam's image first
+    assert [p.image for t in opened.turns for p in t.content if isinstance(p, ImagePart)] == [0, 1]  # each image once
+    assert [t.text for t in opened.turns[4:]] == [t.text for t in question.turns]
+    paths = stage_datasets(train, tmp_path, seed=0, source=minirad, report_rounds=("disease-balanced",), course_rounds=True)
+    asked = [s for s in read_samples(paths["disease-balanced"]) if s.task == "radbench/diagnosis-judgement"]
+    assert any(len(s.images) == 2 for s in asked) and any(len(s.images) == 1 and s.turns[1].text.startswith("[Findings]") for s in asked)
+
+
 def test_a_report_asked_of_one_image_says_nothing_of_a_prior_exam(minirad, tmp_path):
     """The single-exam stage and the report rounds ask a follow-up exam's report of its image alone:
     its course since the prior exam is left out. The visits' conversations, where the prior exam is
@@ -425,6 +454,7 @@ def test_demo_cli_asks_as_many_question_rounds_as_the_config():
 
     assert inspect.signature(demo).parameters["question_rounds"].default.default == DemoConfig.question_rounds == 4
     assert inspect.signature(demo).parameters["benchmark_draw"].default.default == DemoConfig.benchmark_draw
+    assert inspect.signature(demo).parameters["course_rounds"].default.default is DemoConfig.course_rounds is False
     assert inspect.signature(demo).parameters["report_rounds"].default.default is True and DemoConfig.report_rounds == ("disease-balanced",)
     single = inspect.signature(demo).parameters["single_exam_stages"].default.default
     assert stage_names(single) == DemoConfig.single_exam_stages == ("task-balanced",)

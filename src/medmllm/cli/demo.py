@@ -29,6 +29,8 @@ def demo(
                                         help="Extra yes/no rounds about other findings of the same image after each training question, in yes/no pairs (an odd K asks K-1); 0: one question per image."),
     report_rounds: bool = typer.Option(True, "--report-rounds/--no-report-rounds",
                                        help="Open each yes/no question of stage 3 with the report of its image (first-exam reports that follow the image; slower)."),
+    course_rounds: bool = typer.Option(False, "--course-rounds",
+                                       help="A follow-up exam's report round after its prior exam and report, its course kept (follow-up impressions that state a course; ~1 minute slower)."),
     single_exam_stages: str = typer.Option("task-balanced", "--single-exam-stages", metavar="<stages>",
                                            help="Comma-separated instruction stages (task-balanced, disease-balanced) whose report conversations are split into their exams; 'none': keep every visit's conversation."),
     benchmark_draw: float = typer.Option(1 / 3, "--benchmark-draw", min=0.0, max=10.0, metavar="<share>",
@@ -45,7 +47,7 @@ def demo(
 
     summary = run_demo(DemoConfig(out=out, n=n, seed=seed, mrc=mrc, recipe=recipe or DEMO_RECIPE, log=typer.echo, question_rounds=question_rounds,
                                   report_rounds=DemoConfig.report_rounds if report_rounds else (),
-                                  single_exam_stages=single_exam, benchmark_draw=benchmark_draw,
+                                  single_exam_stages=single_exam, benchmark_draw=benchmark_draw, course_rounds=course_rounds,
                                   **({"tasks": None} if all_tasks else {})))
     typer.echo(summary_markdown(summary))
     typer.echo(f"\nReports: {out}/eval/MODEL/PART/report.html; summary: {out}/summary.md")

@@ -290,12 +290,12 @@ def _reindexed(turns: list[Turn], images: list[ImageRef]) -> tuple[list[Turn], l
     return out, [images[i] for i in used]
 
 
-def split_conversation(sample: Sample, *, context: bool = False) -> list[Sample]:
+def split_conversation(sample: Sample, *, context: bool | int = False) -> list[Sample]:
     """The rounds of a conversation as samples: the inverse of `multi_round`.
 
     Round k keeps its own turns and images (re-indexed from 0); with ``context=True`` it also has
     rounds 1..k-1 before it (their turns and images), to evaluate round k as the model sees it in
-    a conversation. Rounds are cut after each assistant turn that a user turn follows. With
+    a conversation; with ``context=n`` (an int) only the n rounds just before it. Rounds are cut after each assistant turn that a user turn follows. With
     ``meta["rounds"]`` (from `multi_round`) each round gets back its id, targets, labels, meta and
     sample fields, so ``split_conversation(multi_round(xs))`` gives ``xs`` back in time order;
     otherwise round k is ``"{id}#k"`` (from 1) and the last round has the sample's targets and labels.
@@ -308,7 +308,8 @@ def split_conversation(sample: Sample, *, context: bool = False) -> list[Sample]
             return [sample]
     out = []
     for k in range(len(rounds)):
-        turns = [turn for r in rounds[(0 if context else k): k + 1] for turn in r]
+        before = min(k, k if context is True else int(context))  # rounds of context (False: 0)
+        turns = [turn for r in rounds[k - before: k + 1] for turn in r]
         turns, images = _reindexed(list(system) + turns, sample.images)
         if saved is not None:
             info = saved[k]
@@ -318,8 +319,8 @@ def split_conversation(sample: Sample, *, context: bool = False) -> list[Sample]
             last = k == len(rounds) - 1
             fields = dict(id=f"{sample.id}#{k + 1}", patient_id=sample.patient_id, visit_id=sample.visit_id, source=sample.source,
                           split=sample.split, targets=sample.targets if last else {}, labels=sample.labels if last else {}, meta={})
-        if context and k:
-            fields["meta"] = {**(fields["meta"] or {}), "context_rounds": k}
+        if before:
+            fields["meta"] = {**(fields["meta"] or {}), "context_rounds": before}
         out.append(_make_sample(task=sample.task, turns=turns, images=images, **{n: v for n, v in fields.items() if v is not None}))
     return out
 

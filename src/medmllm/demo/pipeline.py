@@ -82,6 +82,10 @@ class DemoConfig:
     # for the follow-up exams (docs/demo.md, "Stage 2 on single exams"); --single-exam-stages none: ().
     # A follow-up's report alone is said as its image shows it, without its course (`single_image`)
     single_exam_stages: tuple[str, ...] = ("task-balanced",)
+    # a report round of a follow-up exam after its prior exam and report, its course kept (`exam_reports`):
+    # the follow-up impressions then state a course (change F1 0.00 -> 0.19 at seed 0), but stage 3 has
+    # ~55% more tokens, about a minute more on the 2-core CPUs measured (docs/demo.md, "Course rounds")
+    course_rounds: bool = False
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
     # (4 tokens each) for a tight CI, fewer 80-token reports (they take most of the evaluation time);
@@ -120,7 +124,7 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
                    mrc: bool = True, tasks: tuple[str, ...] | None = None, length_of=None,
                    report_share: tuple[float, float] = (1.0, 1.0), sizes: dict[str, int] | None = None,
                    question_rounds: int = 0, report_rounds: tuple[str, ...] = (),
-                   single_exam_stages: tuple[str, ...] = ()) -> dict[str, Path]:
+                   single_exam_stages: tuple[str, ...] = (), course_rounds: bool = False) -> dict[str, Path]:
     """P2Med's stage datasets (section V-B) from MiniRad's train samples, as JSONL in ``folder``.
 
     knowledge         image-report pairs (stage 1: medical knowledge infusion)
@@ -135,6 +139,9 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
     ``report_rounds``: the instruction stages ("task-balanced", "disease-balanced") whose yes/no
     questions open with the report of their image (`with_report_round`), after the question rounds
     (the blind model's too).
+    ``course_rounds``: a follow-up exam's report round comes after the exam before it and its
+    report, and keeps its course since then (`exam_reports` with ``prior``); without it the report
+    is said as the image alone shows it.
     ``single_exam_stages``: the instruction stages whose report conversations are split into their
     exams, one sample each, as with ``mrc=False`` (the other stages keep the visits' conversations).
     ``tasks``: the task families kept (None: all).
@@ -199,7 +206,7 @@ def stage_datasets(train: list[Sample], folder: Path, seed: int, *, blind: bool 
         rng = random.Random(seed)
         task_balanced, disease_balanced = ([more_questions(x, question_rounds, rng) for x in part] for part in (task_balanced, disease_balanced))
     stages = {"knowledge": knowledge, "task-balanced": task_balanced, "disease-balanced": disease_balanced}
-    reports = exam_reports(train) if report_rounds else {}
+    reports = exam_reports(train, prior=course_rounds) if report_rounds else {}
     for name in report_rounds:
         stages[name] = [with_report_round(x, reports) for x in stages[name]]
     paths = {}
@@ -248,12 +255,15 @@ def more_questions(sample: Sample, rounds: int, rng: random.Random) -> Sample:
     return sample.model_copy(update={"turns": turns})
 
 
-def exam_reports(samples: list[Sample]) -> dict[str, Sample]:
+def exam_reports(samples: list[Sample], prior: bool = False) -> dict[str, Sample]:
     """{exam id: that exam's report as a one-exam sample, as its image alone shows it (`single_image`)}
-    of the report samples among ``samples``."""
+    of the report samples among ``samples``. ``prior``: a follow-up exam's report after the round of
+    the exam before it (its image, the report request and its report), as the visit's conversation
+    has them, so that what it says about the prior exam has that exam before it."""
     from medmllm.data.conversations import split_conversation
 
-    return {one.images[0].exam: single_image(one) for s in samples if s.task in REPORT_TASKS for one in split_conversation(s) if one.images}
+    return {one.images[-1].exam: one if prior and one.meta.get("context_rounds") else single_image(one)
+            for s in samples if s.task in REPORT_TASKS for one in split_conversation(s, context=1 if prior else False) if one.images}
 
 
 def single_image(sample: Sample) -> Sample:
@@ -284,11 +294,14 @@ def with_report_round(sample: Sample, reports: dict[str, Sample]) -> Sample:
     Why: the demo's report conversations give the LLM few first-exam reports, the only ones where
     nothing but the image says what to write (later rounds can copy the earlier report); this adds
     one per question (docs/demo.md, "Reports from the image"). The cost: the answers can then be
-    read off the report before them, and ~90 more tokens per question."""
+    read off the report before them, and ~90 more tokens per question. A report after its prior exam's
+    round (`exam_reports` with ``prior``) brings that exam's image along: the question's image is then
+    the last of the sample's."""
     report = reports.get(sample.images[0].exam) if sample.task in DIAGNOSIS_TASKS and sample.images else None
     if report is None:
         return sample
-    return sample.model_copy(update={"turns": [*report.turns, without_images(sample.turns[0]), *sample.turns[1:]]})
+    images = sample.images if len(report.images) == 1 else report.images
+    return sample.model_copy(update={"turns": [*report.turns, without_images(sample.turns[0]), *sample.turns[1:]], "images": images})
 
 
 def task_family(sample: Sample) -> str:
@@ -456,7 +469,7 @@ def run_demo(config: DemoConfig) -> dict:
     tokens = lambda s: processor.count_tokens(s.to_messages(data))  # noqa: E731  (no image is read)
     shared = dict(mrc=config.mrc, tasks=config.tasks, length_of=tokens, report_share=config.report_share, sizes=stage_sizes(recipe),
                   question_rounds=config.question_rounds, report_rounds=config.report_rounds,
-                  single_exam_stages=config.single_exam_stages)
+                  single_exam_stages=config.single_exam_stages, course_rounds=config.course_rounds)
     seeing = stage_datasets(train, out / "data" / "seeing", config.seed, source=data, **shared)
     blind = stage_datasets(train, out / "data" / "blind", config.seed, blind=True, **shared)
     for name, path in seeing.items():
@@ -514,7 +527,7 @@ def run_demo(config: DemoConfig) -> dict:
                   for label in HEADLINE}
     summary = {"config": {"n": config.n, "seed": config.seed, "mrc": config.mrc, "recipe": str(config.recipe),
                           "tasks": list(config.tasks) if config.tasks is not None else None, "report_share": list(config.report_share),
-                          "question_rounds": config.question_rounds, "benchmark_draw": config.benchmark_draw, "report_rounds": list(config.report_rounds),
+                          "question_rounds": config.question_rounds, "benchmark_draw": config.benchmark_draw, "report_rounds": list(config.report_rounds), "course_rounds": config.course_rounds,
                           "single_exam_stages": list(config.single_exam_stages),
                           "precision": precision},
                "models": {name: str(path) for name, path in models.items()}, "numbers": numbers, "comparison": comparison,
