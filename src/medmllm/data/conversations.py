@@ -295,10 +295,11 @@ def split_conversation(sample: Sample, *, context: bool | int = False) -> list[S
 
     Round k keeps its own turns and images (re-indexed from 0); with ``context=True`` it also has
     rounds 1..k-1 before it (their turns and images), to evaluate round k as the model sees it in
-    a conversation; with ``context=n`` (an int) only the n rounds just before it. Rounds are cut after each assistant turn that a user turn follows. With
-    ``meta["rounds"]`` (from `multi_round`) each round gets back its id, targets, labels, meta and
-    sample fields, so ``split_conversation(multi_round(xs))`` gives ``xs`` back in time order;
-    otherwise round k is ``"{id}#k"`` (from 1) and the last round has the sample's targets and labels.
+    a conversation; with ``context=n`` (an int) only the n rounds just before it. Rounds are cut
+    after each assistant turn that a user turn follows. With ``meta["rounds"]`` (from
+    `multi_round`) each round gets back its id, targets, labels, meta and sample fields, so
+    ``split_conversation(multi_round(xs))`` gives ``xs`` back in time order; otherwise round k is
+    ``"{id}#k"`` (from 1) and the last round has the sample's targets and labels.
     """
     system, rounds = _rounds(sample)
     saved = sample.meta.get("rounds")

@@ -219,9 +219,9 @@ def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int
     "no" question, two answers in three are "no", and on such a set a model that always says "no"
     scores 0.66; balanced overall but not per kind, a text-only model could still score above 0.5
     from how often each finding is present, or each wording answered "yes". Balanced per kind,
-    every answer rule that does not look at the image (it reads the question's words) scores 0.5, and only a model that tells the findings apart scores above it (POPE
-    balances its yes/no questions the same way; the training questions are balanced overall,
-    `stage_datasets`). ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
+    every answer rule that does not look at the image (it reads the question's words) scores 0.5,
+    and only a model that tells the findings apart scores above it (POPE balances its yes/no
+    questions the same way; the training questions are balanced overall, `stage_datasets`). ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
     from collections import defaultdict
 
     from medmllm.data.curate.balance import balance_normal

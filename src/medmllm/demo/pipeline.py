@@ -84,7 +84,8 @@ class DemoConfig:
     single_exam_stages: tuple[str, ...] = ("task-balanced",)
     # a report round of a follow-up exam after its prior exam and report, its course kept (`exam_reports`):
     # the follow-up impressions then state a course (change F1 0.00 -> 0.19 at seed 0), but stage 3 has
-    # ~55% more tokens, about a minute more on the 2-core CPUs measured (docs/demo.md, "Course rounds")
+    # ~55% more tokens: about a minute more on the 2-core EPYC, ~1.6 estimated on the Xeon in fp32, past
+    # ten minutes there (docs/demo.md, "Course rounds")
     course_rounds: bool = False
     recipe: Path = DEMO_RECIPE
     # held-out samples per benchmark part and model (None: all): many short diagnosis answers
