@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from medmllm.data.conversations import split_conversation
-from medmllm.data.schema import ImagePart, Sample, TextPart
+from medmllm.data.schema import ImagePart, Sample
 
 DIAGNOSIS_TASKS = ("radbench/diagnosis-judgement",)
 REPORT_TASKS = ("p2med/report-xray", "p2med/report-ct")
@@ -208,9 +208,10 @@ def question_kind(sample: Sample) -> tuple[str, str, str]:
     answer from its training questions. Balanced per modality and finding alone, the blind model
     scored 0.77 on the radiographs' atelectasis questions at MiniRad seed 3 (13 "yes" and 4 "no"
     asked "Does the ... atelectasis?") and 0.521 overall."""
+    from medmllm.eval.tasks.base import question_text
+
     asked = str(sample.labels.get("asked", ""))
-    text = " ".join(part.text for turn in sample.turns if turn.role == "user" for part in turn.content if isinstance(part, TextPart)).strip()
-    return str(sample.labels.get("modality", "")), asked, text.replace(asked, "{disease}") if asked else ""
+    return str(sample.labels.get("modality", "")), asked, question_text(sample).strip().replace(asked, "{disease}") if asked else ""
 
 
 def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int = 0, kind_of=question_kind) -> list[Sample]:

@@ -264,7 +264,7 @@ def exam_reports(samples: list[Sample], prior: bool = False) -> dict[str, Sample
     from medmllm.data.conversations import split_conversation
 
     return {one.images[-1].exam: one if prior and one.meta.get("context_rounds") else single_image(one)
-            for s in samples if s.task in REPORT_TASKS for one in split_conversation(s, context=1 if prior else False) if one.images}
+            for s in samples if s.task in REPORT_TASKS for one in split_conversation(s, context=int(prior)) if one.images}
 
 
 def single_image(sample: Sample) -> Sample:
