@@ -151,8 +151,9 @@ def test_yes_no_balanced_asks_as_many_no_as_yes_of_each_kind_in_their_order(mini
     order = [s.id for s in questions]
     assert [s.id for s in kept] == sorted((s.id for s in kept), key=order.index)
     # any answer rule that reads only the question text scores 0.5, one that learnt each wording's answer too
-    text = lambda s: " ".join(p.text for t in s.turns if t.role == "user" for p in t.content if getattr(p, "text", None))  # noqa: E731
-    for rule in (lambda s: "no", lambda s: "yes" if zlib.crc32(text(s).encode()) % 2 else "no",
+    from medmllm.eval.tasks.base import question_text
+
+    for rule in (lambda s: "no", lambda s: "yes" if zlib.crc32(question_text(s).encode()) % 2 else "no",
                  lambda s: "yes" if zlib.crc32(question_kind(s)[2].encode()) % 3 else "no"):
         assert sum((rule(s) == "no") == answers_no(s) for s in kept) == len(kept) / 2
     few = yes_no_balanced(questions, limit=10)

@@ -222,7 +222,8 @@ def yes_no_balanced(questions: list[Sample], limit: int | None = None, seed: int
     from how often each finding is present, or each wording answered "yes". Balanced per kind,
     every answer rule that does not look at the image (it reads the question's words) scores 0.5,
     and only a model that tells the findings apart scores above it (POPE balances its yes/no
-    questions the same way; the training questions are balanced overall, `stage_datasets`). ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
+    questions the same way; the training questions are balanced overall, `stage_datasets`).
+    ``kind_of``: the kinds (``lambda s: ()`` balances overall)."""
     from collections import defaultdict
 
     from medmllm.data.curate.balance import balance_normal

@@ -263,7 +263,7 @@ def exam_reports(samples: list[Sample], prior: bool = False) -> dict[str, Sample
     has them, so that what it says about the prior exam has that exam before it."""
     from medmllm.data.conversations import split_conversation
 
-    return {one.images[-1].exam: one if prior and one.meta.get("context_rounds") else single_image(one)
+    return {one.images[-1].exam: one if one.meta.get("context_rounds") else single_image(one)
             for s in samples if s.task in REPORT_TASKS for one in split_conversation(s, context=int(prior)) if one.images}
 
 
